@@ -1,0 +1,215 @@
+"""The ``dtconvert`` command line.
+
+Only typer and the standard library are imported at module level: ``dtconvert --help`` must
+answer instantly, so torch, TensorFlow, ExecuTorch and coremltools are imported inside the
+commands that need them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from dtconvert.errors import UserError
+
+app = typer.Typer(
+    name="dtconvert",
+    help="Split a Device Tuning model into an on-device encoder and a shared cloud decoder.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+BUNDLED_RECIPES_HELP = "A recipe YAML file, or the name of a bundled recipe (digits, digits-tune, dt-2m, dt-15m)."
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def user_errors(command):
+    """Turn a UserError raised anywhere in a command into one line on stderr and exit 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UserError as e:
+            _fail(str(e), e.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        from dtconvert import __version__
+
+        typer.echo(f"dtconvert {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Split a Device Tuning model into an on-device encoder and a shared cloud decoder."""
+
+
+def bundled_recipe_dir() -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("dtconvert.recipes")))
+
+
+def resolve_recipe(arg: str) -> Path:
+    """A path as given, or a bundled recipe by name ('digits' → recipes/digits.yaml)."""
+    path = Path(arg)
+    if path.exists() or path.suffix in (".yaml", ".yml") or "/" in arg:
+        return path
+    bundled = bundled_recipe_dir() / f"{arg}.yaml"
+    if bundled.is_file():
+        return bundled
+    names = ", ".join(sorted(p.stem for p in bundled_recipe_dir().glob("*.yaml")))
+    raise UserError(f"{arg}: no such recipe file or bundled recipe (bundled: {names})")
+
+
+@app.command()
+@user_errors
+def train(
+    recipe: str = typer.Argument(..., help=BUNDLED_RECIPES_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory; the checkpoint is written to OUT/ckpt.pt."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from this checkpoint (needed by --tune device)."),
+    tune: Optional[str] = typer.Option(None, "--tune", help="'device': freeze the shared cloud, train the device half and new task heads. Default: the recipe's 'tune' key."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Override the recipe's epoch count."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Multi-task training balanced with GradNorm.
+
+    Example: dtconvert train recipes/digits.yaml --out runs/digits
+    """
+    from dtconvert.recipe import TUNE_MODES, load_recipe
+
+    r = load_recipe(resolve_recipe(recipe))
+    if tune is not None and tune not in TUNE_MODES:
+        raise UserError(f"--tune must be one of {', '.join(TUNE_MODES)}, got {tune!r}")
+    if epochs is not None:
+        r.epochs = epochs
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: --out exists and is not a directory")
+
+    from rich.console import Console
+
+    from dtconvert.train import train as run_training
+
+    console = Console(stderr=True)
+    ckpt = run_training(r, out, init=init, tune=tune, console=console, show_progress=not quiet)
+    _print_metrics(ckpt, title=f"{r.name}: held-out metrics")
+    typer.echo(f"wrote {out / 'ckpt.pt'}")
+
+
+def _print_metrics(ckpt: dict, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("task", "classes", "held-out accuracy", "GradNorm weight", "final train loss"):
+        table.add_column(column)
+    metrics = ckpt["metrics"]
+    for task in ckpt["tasks"]:
+        name = task["name"]
+        table.add_row(
+            name,
+            str(len(task["labels"])),
+            f"{metrics['heldout'][name]:.2%}",
+            f"{metrics.get('gradnorm_weights', {}).get(name, float('nan')):.3f}",
+            f"{metrics.get('train_loss', {}).get(name, float('nan')):.4f}",
+        )
+    Console().print(table)
+    seconds = metrics.get("train_seconds")
+    if seconds is not None:
+        typer.echo(f"trained {metrics.get('epochs')} epochs in {seconds:.1f} s")
+
+
+@app.command()
+@user_errors
+def info(
+    source: str = typer.Argument(..., help="A checkpoint (.pt) or a recipe (.yaml, or a bundled recipe name)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Parameter counts, tasks, preprocessing and metrics of a checkpoint or a recipe.
+
+    Example: dtconvert info recipes/dt-2m.yaml --json
+    """
+    from dtconvert.describe import describe
+
+    report = describe(source if source.endswith(".pt") else str(resolve_recipe(source)))
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{report['kind']}: {report['source']}", show_header=False)
+    params = report["parameters"]
+    table.add_row("parameters", f"device {params['device']:,} · cloud {params['cloud']:,} (heads {params['cloud_heads']:,}) · total {params['total']:,}")
+    table.add_row("tasks", ", ".join(f"{t['name']} ({t['classes']})" for t in report["tasks"]))
+    pre = report["preprocessing"]
+    table.add_row("device input", f"{report['input_shape']} {pre['layout']}, resize {pre['resize']}, mean {pre['mean']}, std {pre['std']}")
+    table.add_row("wire tensor", f"{report['wire']['shape']} → {report['wire']['int8_bytes_per_image']} bytes per image as int8")
+    if "metrics" in report:
+        table.add_row("held-out", ", ".join(f"{k} {v:.2%}" for k, v in report["metrics"]["heldout"].items()))
+    Console().print(table)
+
+
+@app.command()
+@user_errors
+def demo(
+    out: Path = typer.Option(Path("runs"), "--out", help="Where the demo keeps its runs."),
+    retrain: bool = typer.Option(False, "--retrain", help="Train again even if a checkpoint of the same recipe exists."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """End to end on the bundled digits: train the digits recipe (or reuse its checkpoint) and report.
+
+    Example: dtconvert demo
+    """
+    from rich.console import Console
+
+    from dtconvert.checkpoint import load_checkpoint
+    from dtconvert.recipe import load_recipe
+    from dtconvert.train import train as run_training
+
+    recipe = load_recipe(bundled_recipe_dir() / "digits.yaml")
+    ckpt_path = out / "digits" / "ckpt.pt"
+    ckpt = None
+    if ckpt_path.is_file() and not retrain:
+        try:
+            cached = load_checkpoint(ckpt_path)
+        except UserError:
+            cached = None
+        if cached is not None and cached.get("recipe") == recipe.to_dict():
+            typer.echo(f"reusing {ckpt_path} (same recipe; --retrain to train again)", err=True)
+            ckpt = cached
+    if ckpt is None:
+        ckpt = run_training(recipe, ckpt_path.parent, console=Console(stderr=True), show_progress=not quiet)
+    _print_metrics(ckpt, title="digits: held-out metrics")
+    typer.echo(f"checkpoint: {ckpt_path}")
+
+
+def run() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except BrokenPipeError:  # `dtconvert info x | head`
+        sys.stderr.close()
+
+
+if __name__ == "__main__":
+    run()
