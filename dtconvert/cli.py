@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -111,8 +112,9 @@ def train(
 
     console = Console(stderr=True)
     ckpt = run_training(r, out, init=init, tune=tune, console=console, show_progress=not quiet)
-    _print_metrics(ckpt, title=f"{r.name}: held-out metrics")
-    typer.echo(f"wrote {out / 'ckpt.pt'}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
+        _print_metrics(ckpt, title=f"{r.name}: held-out metrics")
+        typer.echo(f"wrote {out / 'ckpt.pt'}")
 
 
 def _print_metrics(ckpt: dict, title: str) -> None:
@@ -135,7 +137,7 @@ def _print_metrics(ckpt: dict, title: str) -> None:
     Console().print(table)
     seconds = metrics.get("train_seconds")
     if seconds is not None:
-        typer.echo(f"trained {metrics.get('epochs')} epochs in {seconds:.1f} s")
+        typer.echo(f"training took {seconds:.1f} s for {metrics.get('epochs')} epoch(s)")
 
 
 @app.command()

@@ -13,7 +13,7 @@ Follows "Device Tuning for Multi-Task Large Model" (Jiang et al., 2023):
 
 Every op is written in the form that converts exactly to ExecuTorch/XNNPACK, Core ML and
 TFLite via ONNX + onnx2tf (see TOOLCHAIN.md): separate q/k/v projections, 4-D reshapes,
-explicit ``softmax(q @ kᵀ · scale) @ v``, pooling as ``reshape(B, T//2, 2, D).mean(2)`` and
+explicit ``softmax(q @ kᵀ · scale) @ v``, pooling as the mean of the two halves of ``reshape(B, T//2, 2·D)`` and
 tanh-approximated GELU. ``scaled_dot_product_attention``, ``avg_pool1d``, fused 5-D qkv
 reshapes and erf-GELU all converted *silently wrong* or to Flex ops, so they are not used.
 """
@@ -165,9 +165,11 @@ class TransformerLayer(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self.pool:
-            # Mean of adjacent token pairs. A reshape+mean, not avg_pool1d, which onnx2tf mistranslated.
+            # Mean of adjacent token pairs, as the two halves of a (B, T/2, 2D) view. Not avg_pool1d
+            # (onnx2tf mistranslated it) nor .mean(dim=2) (XNNPACK leaves that mean undelegated).
             b, t, d = h.shape
-            h = h.reshape(b, t // 2, 2, d).mean(dim=2)
+            pairs = h.reshape(b, t // 2, 2 * d)
+            h = (pairs[..., :d] + pairs[..., d:]) * 0.5
         h = self.norm1(h + self.attn(h))  # Eq. 1 / Eq. 3: Q, K, V all from the pooled h'
         return self.norm2(h + self.ffn(h))  # Eq. 2
 

@@ -1,0 +1,152 @@
+"""The CLI as a user runs it: a real subprocess for the console script, CliRunner for the rest."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dtconvert.cli import app
+from tests.conftest import RECIPES, run_cli
+
+HEAVY = ("torch", "tensorflow", "executorch", "coremltools", "onnx", "sklearn")
+
+
+@pytest.mark.cli
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["info", "--help"], ["demo", "--help"]])
+def test_help_imports_no_heavy_library(argv):
+    code = (
+        "import sys\nfrom dtconvert.cli import app\n"
+        f"try:\n    app({argv!r})\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_twin_heavy_import_detection_works():
+    code = "import sys\nimport dtconvert.model\nprint('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "True"
+
+
+@pytest.mark.cli
+def test_console_script_help_lists_commands():
+    done = run_cli("--help")
+    assert done.returncode == 0
+    for command in ("train", "info", "demo"):
+        assert command in done.stdout
+
+
+def test_info_recipe_json():
+    result = CliRunner().invoke(app, ["info", str(RECIPES / "dt-2m.yaml"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["kind"] == "recipe" and report["tasks"] == [{"name": "class", "classes": 1000}]
+    assert report["input_shape"] == [1, 3, 224, 224]
+
+
+def test_info_checkpoint_json(quick_ckpt):
+    result = CliRunner().invoke(app, ["info", str(quick_ckpt), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["kind"] == "checkpoint"
+    assert report["parameters"]["total"] == report["parameters"]["device"] + report["parameters"]["cloud"]
+    assert report["wire"]["int8_bytes_per_image"] == 64
+    assert set(report["metrics"]["heldout"]) == {"digit", "odd"}
+
+
+def test_info_by_bundled_name_table():
+    result = CliRunner().invoke(app, ["info", "digits"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    assert "64 bytes per image" in result.stdout
+
+
+@pytest.mark.cli
+def test_train_end_to_end_as_subprocess(tmp_path):
+    done = run_cli("train", str(RECIPES / "digits.yaml"), "--out", str(tmp_path / "run"), "--epochs", "1", "-q")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run" / "ckpt.pt").is_file()
+    assert "held-out metrics" in done.stdout and "epoch   1/1" in done.stderr
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["ckpt.pt"]
+
+
+def test_demo_reuses_a_checkpoint_of_the_same_recipe(digits_ckpt, tmp_path):
+    (tmp_path / "digits").mkdir()
+    (tmp_path / "digits" / "ckpt.pt").write_bytes(digits_ckpt.read_bytes())
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "-q"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    assert "reusing" in result.stderr and "digit" in result.stdout
+
+
+def _assert_one_line_error(done, *needles):
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def _evil(path, marker):
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"format": "dtconvert-checkpoint", "x": Exploit()}, path)
+
+
+@pytest.mark.cli
+def test_bad_inputs_exit_2_with_one_line(tmp_path, quick_ckpt):
+    out = tmp_path / "out"
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("epochs: 1\nlr_max: 3\n")
+    wrong_type = tmp_path / "wrong.yaml"
+    wrong_type.write_text("epochs: '5'\n")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(quick_ckpt.read_bytes()[:1000])
+    future = tmp_path / "future.pt"
+    ckpt = torch.load(quick_ckpt, weights_only=True)
+    ckpt["format_version"] = 99
+    torch.save(ckpt, future)
+    notckpt = tmp_path / "weights.pt"
+    torch.save({"w": torch.zeros(2)}, notckpt)
+    evil = tmp_path / "evil.pt"
+    _evil(evil, tmp_path / "pwned")
+    empty = tmp_path / "images"
+    (empty / "cat").mkdir(parents=True)
+    nofolder = tmp_path / "folder.yaml"
+    nofolder.write_text(f"data: imagefolder\ndata_dir: {empty}\ntasks: [class]\ntask_classes: [2]\n")
+
+    cases = [
+        (["train", str(tmp_path / "missing.yaml"), "--out", str(out)], ["missing.yaml", "no such recipe file"]),
+        (["train", "no-such-recipe", "--out", str(out)], ["no-such-recipe", "bundled"]),
+        (["train", str(unknown), "--out", str(out)], ["unknown.yaml", "unknown key 'lr_max'"]),
+        (["train", str(wrong_type), "--out", str(out)], ["wrong.yaml", "'epochs' must be int"]),
+        (["train", str(nofolder), "--out", str(out)], [str(empty), "no images found"]),
+        (["train", str(RECIPES / "digits-tune.yaml"), "--out", str(out)], ["needs --init"]),
+        (["train", str(RECIPES / "digits-tune.yaml"), "--init", str(evil), "--out", str(out)], ["evil.pt", "arbitrary code"]),
+        (["train", str(RECIPES / "digits-tune.yaml"), "--init", str(truncated), "--out", str(out)], ["truncated.pt", "not a readable checkpoint"]),
+        (["train", str(RECIPES / "digits.yaml"), "--tune", "cloud", "--out", str(out)], ["--tune"]),
+        (["info", str(tmp_path / "absent.pt")], ["absent.pt", "no such checkpoint"]),
+        (["info", str(truncated)], ["truncated.pt", "not a readable checkpoint"]),
+        (["info", str(future)], ["future.pt", "newer"]),
+        (["info", str(notckpt)], ["weights.pt", "not a dtconvert checkpoint"]),
+        (["info", str(evil)], ["evil.pt", "arbitrary code"]),
+    ]
+    for argv, needles in cases:
+        _assert_one_line_error(run_cli(*argv), *needles)
+    assert not out.exists(), "a failed command left output behind"
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_tuning_a_different_architecture_is_refused(quick_ckpt, tmp_path):
+    recipe = tmp_path / "other.yaml"
+    recipe.write_text((RECIPES / "digits-tune.yaml").read_text().replace("bottleneck: 8", "bottleneck: 16"))
+    result = CliRunner().invoke(app, ["train", str(recipe), "--init", str(quick_ckpt), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "bottleneck is 8 but recipe other says 16" in result.stderr
