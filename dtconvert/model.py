@@ -13,9 +13,9 @@ Follows "Device Tuning for Multi-Task Large Model" (Jiang et al., 2023):
 
 Every op is written in the form that converts exactly to ExecuTorch/XNNPACK, Core ML and
 TFLite via ONNX + onnx2tf (see TOOLCHAIN.md): separate q/k/v projections, 4-D reshapes,
-explicit ``softmax(q @ kᵀ · scale) @ v``, pooling as the mean of the two halves of ``reshape(B, T//2, 2·D)`` and
-tanh-approximated GELU. ``scaled_dot_product_attention``, ``avg_pool1d``, fused 5-D qkv
-reshapes and erf-GELU all converted *silently wrong* or to Flex ops, so they are not used.
+explicit ``softmax(q @ kᵀ · scale) @ v``, pooling as the mean of the two halves of
+``reshape(B, T//2, 2·D)`` and ReLU. ``scaled_dot_product_attention``, ``avg_pool1d``, fused
+5-D qkv reshapes and both GELUs converted *silently wrong* or to Flex ops somewhere.
 """
 
 from __future__ import annotations
@@ -140,12 +140,17 @@ class SelfAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Position-wise FFN; tanh GELU because erf GELU became a Flex op in TFLite."""
+    """Position-wise FFN with ReLU, the original Transformer's activation.
+
+    GELU has no form that every runtime computes the same way: erf GELU becomes a Flex op in
+    TFLite, and ExecuTorch's XNNPACK computes erf GELU even for ``approximate="tanh"`` (4.7e-4
+    off, silently). ReLU is exact everywhere and fuses into the int8 matmul kernels.
+    """
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU(approximate="tanh")
+        self.act = nn.ReLU()
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -243,8 +248,14 @@ class DeviceTuningModel(nn.Module):
         """Cloud half: wire tensor → {task name: logits (B, classes)}."""
         return self.decoder(wire)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.decode(self.encode(x))
+    def forward(self, x: torch.Tensor, wire_noise: float = 0.0) -> dict[str, torch.Tensor]:
+        """``decode(encode(x))``. In training, ``wire_noise`` > 0 adds Gaussian noise of that
+        fraction of the wire tensor's std, so the cloud learns to tolerate the int8 device
+        encoder's error (which reaches it as exactly such a perturbation)."""
+        wire = self.encode(x)
+        if wire_noise > 0.0 and self.training:
+            wire = wire + torch.randn_like(wire) * (wire_noise * wire.detach().std())
+        return self.decode(wire)
 
     def device_parameters(self) -> list[nn.Parameter]:
         return list(self.encoder.parameters())

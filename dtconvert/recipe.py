@@ -55,7 +55,8 @@ class Recipe:
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_epochs: int = 2
-    augment: bool = True  # random ±1 pixel shifts (in source pixels)
+    augment: bool = True  # random translation up to 1/8 of the image side
+    wire_noise: float = 0.0  # training-only Gaussian noise on the wire tensor, as a fraction of its std
     gradnorm_alpha: float = 1.5
     gradnorm_lr: float = 0.025
     seed: int = 0

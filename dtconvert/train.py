@@ -189,7 +189,7 @@ def train(recipe: Recipe, out_dir: str | Path, init: str | Path | None = None, t
                 labels = labels.to(device)
                 for group in optimizer.param_groups:
                     group["lr"] = recipe.lr * _lr_factor(step, warmup_steps, total_steps)
-                logits = net(x)
+                logits = net(x, wire_noise=recipe.wire_noise)
                 losses = torch.stack([F.cross_entropy(logits[name], labels[:, t]) for t, name in enumerate(cfg.task_names)])
                 total = gradnorm.step(losses, shared)
                 if world > 1:
