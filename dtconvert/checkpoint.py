@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -70,11 +71,13 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Weights only load failed" in str(e):
+        # weights_only refuses any global it does not know; junk bytes fail as an unknown opcode.
+        blocked = re.search(r"unsupported GLOBAL (\S+)", str(e), re.IGNORECASE)
+        if blocked:
             raise UserError(
-                f"{path}: refusing to load: the file contains Python objects that would run arbitrary code (only weights_only checkpoints are accepted)"
+                f"{path}: refusing to load: the file needs the Python object {blocked.group(1)}, which could run arbitrary code (only weights_only checkpoints are accepted)"
             ) from None
-        raise UserError(f"{path}: not a readable checkpoint ({_first_line(e)})") from None
+        raise UserError(f"{path}: not a readable checkpoint (not a PyTorch file, or corrupted)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, AttributeError, TypeError) as e:
         raise UserError(f"{path}: not a readable checkpoint (truncated or not a PyTorch file: {_first_line(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

@@ -173,6 +173,49 @@ def info(
 
 @app.command()
 @user_errors
+def export(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint written by 'dtconvert train'."),
+    target: str = typer.Option("all", "--target", "-t", help="executorch, coreml, tflite, a comma-separated list, or all."),
+    precision: str = typer.Option("int8", "--precision", help="int8 (static PTQ of weights and activations) or fp32."),
+    calib: Optional[str] = typer.Option(None, "--calib", help="Calibration images: a count N taken from the checkpoint's training split (default 128), or a folder."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Export directory (default: ./export/<checkpoint stem>)."),
+) -> None:
+    """Split a checkpoint into int8 device artifacts, a TorchScript cloud decoder and a manifest.
+
+    Example: dtconvert export runs/digits/ckpt.pt --target all --out export/ckpt
+    """
+    from dtconvert.export import ExportFailed, parse_targets, run_export
+
+    targets = parse_targets(target)
+    try:
+        export_dir, manifest = run_export(checkpoint, targets, precision=precision, calib=calib, out=out)
+    except ExportFailed as e:
+        _fail(f"{e} (full log: {e.log})", code=1)
+    _print_export_summary(export_dir, manifest)
+
+
+def _print_export_summary(export_dir: Path, manifest: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{export_dir}/manifest.json")
+    for column in ("artifact", "part", "target", "precision", "bytes"):
+        table.add_column(column, justify="right" if column == "bytes" else "left")
+    for a in manifest["artifacts"]:
+        table.add_row(a["path"], a["part"], a["target"], a["precision"], f"{a['bytes']:,}")
+    console = Console()
+    console.print(table)
+    wire, comm = manifest["wire"], manifest["communication"]
+    line = (f"wire tensor {wire['shape']} int8 (scale {wire['scale']:.5g}, zero point {wire['zero_point']}): "
+            f"{comm['wire_int8_bytes']:,} B/image vs {comm['device_input_uint8_bytes']:,} B uint8 device input")
+    if "source_image_uint8_bytes" in comm:
+        line += f", {comm['source_image_uint8_bytes']:,} B source image"
+    line += f", {comm['unpooled_fp32_token_bytes']:,} B unpooled fp32 tokens"
+    console.print(line, highlight=False)
+
+
+@app.command()
+@user_errors
 def demo(
     out: Path = typer.Option(Path("runs"), "--out", help="Where the demo keeps its runs."),
     retrain: bool = typer.Option(False, "--retrain", help="Train again even if a checkpoint of the same recipe exists."),

@@ -83,17 +83,26 @@ class TaskData:
         return torch.cat([self._load_file(self._files[i]) for i in index])
 
     def _load_file(self, path: Path) -> torch.Tensor:
-        from PIL import Image, UnidentifiedImageError
+        return load_image_file(path, self._size, self._channels, self._resize)
 
-        try:
-            with Image.open(path) as im:
-                im = im.convert("L" if self._channels == 1 else "RGB")
-                arr = np.asarray(im, dtype=np.uint8)
-        except (OSError, UnidentifiedImageError) as e:
-            raise UserError(f"{path}: not a readable image ({e.__class__.__name__})") from None
-        t = torch.from_numpy(arr.copy()).float().div(255.0)
-        t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
-        return resize_unit_images(t.unsqueeze(0), self._size, self._resize)
+
+def load_image_file(path: Path, size: int, channels: int, resize: str) -> torch.Tensor:
+    """One image file → (1, C, size, size) float in [0, 1], resized as the device does."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+    except (OSError, UnidentifiedImageError) as e:
+        raise UserError(f"{path}: not a readable image ({e.__class__.__name__})") from None
+    t = torch.from_numpy(arr.copy()).float().div(255.0)
+    t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+    return resize_unit_images(t.unsqueeze(0), size, resize)
+
+
+def image_files(root: Path) -> list[Path]:
+    """Image files under ``root``, recursively, in a stable order."""
+    return [f for f in sorted(root.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
 
 
 def load_task_data(recipe: Recipe) -> TaskData:
@@ -120,10 +129,9 @@ def _load_imagefolder(recipe: Recipe) -> TaskData:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     files, first_labels = [], []
     for label, name in enumerate(classes):
-        for f in sorted((root / name).rglob("*")):
-            if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
-                files.append(f)
-                first_labels.append(label)
+        for f in image_files(root / name):
+            files.append(f)
+            first_labels.append(label)
     if not files:
         raise UserError(f"{root}: no images found (expected one sub-folder per class holding {', '.join(IMAGE_SUFFIXES)} files)")
     expected = recipe.resolved_task_classes()

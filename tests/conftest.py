@@ -63,3 +63,82 @@ def digits_ckpt(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("digits")
     train(load_recipe(RECIPES / "digits.yaml"), out, show_progress=False)
     return out / "ckpt.pt"
+
+
+# ---- export fixtures -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def int8_export(digits_ckpt, tmp_path_factory) -> Path:
+    """The shipped digits recipe exported exactly as `dtconvert export` does by default."""
+    from dtconvert.export import run_export
+
+    out, _ = run_export(digits_ckpt, ["executorch", "coreml", "tflite"], out=tmp_path_factory.mktemp("exp") / "int8")
+    return out
+
+
+@pytest.fixture(scope="session")
+def fp32_export(quick_ckpt, tmp_path_factory) -> Path:
+    from dtconvert.export import run_export
+
+    out, _ = run_export(quick_ckpt, ["executorch", "coreml", "tflite"], precision="fp32", calib="32",
+                        out=tmp_path_factory.mktemp("exp") / "fp32")
+    return out
+
+
+class Reference:
+    """Held-out images of a checkpoint with the fp32 torch model's wire tensors and logits."""
+
+    def __init__(self, ckpt_path: Path) -> None:
+        from dtconvert.checkpoint import build_model, load_checkpoint
+        from dtconvert.quantize import checkpoint_images
+
+        self.ckpt = load_checkpoint(ckpt_path)
+        self.model = build_model(self.ckpt)
+        self.images, self.labels = checkpoint_images(self.ckpt, "heldout")
+        with torch.no_grad():
+            x = torch.from_numpy(self.images)
+            self.wire = self.model.encode(x).numpy()
+            self.logits = {k: v.numpy() for k, v in self.model(x).items()}
+
+
+@pytest.fixture(scope="session")
+def int8_reference(digits_ckpt) -> Reference:
+    return Reference(digits_ckpt)
+
+
+@pytest.fixture(scope="session")
+def fp32_reference(quick_ckpt) -> Reference:
+    return Reference(quick_ckpt)
+
+
+def manifest_of(export_dir: Path) -> dict:
+    import json
+
+    return json.loads((export_dir / "manifest.json").read_text())
+
+
+def artifact(export_dir: Path, target: str) -> tuple[Path, dict]:
+    entry = next(a for a in manifest_of(export_dir)["artifacts"] if a["target"] == target)
+    return export_dir / entry["path"], entry
+
+
+def run_device(runner, images) -> "np.ndarray":
+    import numpy as np
+
+    return np.concatenate([runner(images[i : i + 1]) for i in range(len(images))])
+
+
+def end_to_end(export_dir: Path, wire, decode_scale: float | None = None) -> dict[str, "np.ndarray"]:
+    """Quantize a float wire tensor with the manifest's parameters and run the TorchScript decoder
+    (told ``decode_scale`` instead of the manifest's scale, to show a mismatch is caught)."""
+    from dtconvert.quantize import quantize_wire
+    from dtconvert.targets.torchscript import load_decoder
+
+    manifest = manifest_of(export_dir)
+    s, z = manifest["wire"]["scale"], manifest["wire"]["zero_point"]
+    told = s if decode_scale is None else decode_scale
+    decoder = load_decoder(artifact(export_dir, "torchscript")[0])
+    with torch.no_grad():
+        outs = decoder(torch.from_numpy(quantize_wire(wire, s, z)), torch.tensor([[told]]), torch.tensor([[z]], dtype=torch.int32))
+    return {t["name"]: o.numpy() for t, o in zip(manifest["tasks"], outs)}

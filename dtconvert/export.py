@@ -1,0 +1,273 @@
+"""``dtconvert export``: checkpoint → int8 device artifacts + TorchScript cloud decoder + manifest.
+
+One straight pipeline: load the checkpoint → split at encode()/decode() → calibrate (wire
+quantization, and the shared pt2e int8 program) → export each device target → export the
+cloud decoder and its Triton repository → write the manifest → move the directory into place.
+
+Everything is written into a temporary directory beside ``--out`` and renamed onto it only when
+every requested target succeeded, so a failure leaves a previous export untouched. The
+converters' own chatter goes to ``export.log`` (kept in the export, or beside ``--out`` as
+``<out>.export-error.log`` when the export fails).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from dtconvert import __version__
+from dtconvert.checkpoint import build_model, load_checkpoint, sha256_file
+from dtconvert.errors import UserError
+from dtconvert.manifest import SCHEMA_VERSION, describe_file, write_manifest
+from dtconvert.quantize import calibration_images, pt2e_int8, wire_qparams
+from dtconvert.targets import (
+    DEVICE_TARGETS,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    PRECISIONS,
+    ExportJob,
+    artifact_name,
+    load_target,
+)
+from dtconvert.targets.torchscript import export_decoder, write_triton_repository
+
+TOOLS = ("torch", "executorch", "coremltools", "tensorflow", "onnx", "onnxruntime", "onnx2tf", "ai-edge-litert")
+
+
+class ExportFailed(Exception):
+    """A target failed; the message is one line, the log file has the rest."""
+
+    def __init__(self, message: str, log: Path | None) -> None:
+        super().__init__(message)
+        self.log = log
+
+
+def parse_targets(target: str) -> list[str]:
+    names = list(DEVICE_TARGETS) if target == "all" else [t.strip() for t in target.split(",") if t.strip()]
+    unknown = [t for t in names if t not in DEVICE_TARGETS]
+    if unknown or not names:
+        raise UserError(f"--target {target!r}: unknown target {unknown[0] if unknown else ''!r}; choose from {', '.join(DEVICE_TARGETS)} or all")
+    return names
+
+
+def default_out(checkpoint: Path) -> Path:
+    return Path("export") / checkpoint.stem
+
+
+@dataclass
+class _Stages:
+    """Prints one line per finished stage; converters' stdout/stderr go to the log file."""
+
+    console: Console
+    log_path: Path
+
+    @contextlib.contextmanager
+    def stage(self, label: str):
+        start = time.perf_counter()
+        with self.console.status(f"{label}…"), _redirect_fds(self.log_path, label):
+            yield
+        self.console.print(f"[green]✓[/] {label} [dim]({time.perf_counter() - start:.1f} s)[/]", highlight=False)
+
+
+@contextlib.contextmanager
+def _redirect_fds(log_path: Path, label: str):
+    """Send file descriptors 1 and 2 (Python and C++ alike) to the log for the duration."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"\n===== {label} =====\n")
+        log.flush()
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _tool_versions() -> dict[str, str]:
+    versions = {"dtconvert": __version__, "python": sys.version.split()[0]}
+    for name in TOOLS:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return versions
+
+
+def run_export(checkpoint: Path, targets: list[str], precision: str = "int8", calib: str | None = None,
+               out: Path | None = None, console: Console | None = None) -> tuple[Path, dict]:
+    """Export ``checkpoint`` for ``targets``; return the export directory and its manifest."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    out = Path(out) if out is not None else default_out(checkpoint)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: --out exists and is not a directory")
+    # Open the terminal before any redirection so progress still reaches the user.
+    console = console or Console(file=os.fdopen(os.dup(2), "w", buffering=1, closefd=True), stderr=False)
+
+    # 1. Load and split (the split is the model's own encode()/decode() boundary).
+    ckpt = load_checkpoint(checkpoint)
+    model = build_model(ckpt, checkpoint)
+    encoder, decoder = model.encoder.eval(), model.decoder.eval()
+    cfg = model.cfg
+    checkpoint_sha = sha256_file(checkpoint)
+    calibration, calibration_info = calibration_images(ckpt, calib)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    work = Path(tempfile.mkdtemp(prefix="dtconvert-work-"))
+    stages = _Stages(console, staging / "export.log")
+    current = "load"
+    try:
+        name = ckpt["recipe"]["name"]
+        example = torch.from_numpy(calibration[:1].copy())
+
+        # 2. Calibrate: the wire tensor's int8 parameters, then the shared pt2e int8 program.
+        current = "calibrate"
+        with stages.stage(f"calibrate on {len(calibration)} images"):
+            with torch.no_grad():
+                wire_calibration = encoder(torch.from_numpy(calibration)).numpy()
+            scale, zero_point = wire_qparams(wire_calibration)
+            quantized = None
+            if precision == "int8" and {"executorch", "coreml"} & set(targets):
+                quantized = pt2e_int8(encoder, calibration, example)
+        wire_shape = [1, *cfg.wire_shape]
+        manifest_info = _wire_and_input(ckpt, cfg, checkpoint_sha, wire_shape, scale, zero_point, calibration_info)
+
+        # 3. Device targets, one module each.
+        job = ExportJob(
+            name=name, precision=precision, encoder=encoder, example=example, calibration=calibration,
+            quantized_encoder=quantized, workdir=work,
+            metadata={
+                "author": "dtconvert", "version": __version__,
+                "description": f"Device Tuning encoder of {name!r} ({precision}): image → wire tensor",
+                "input_description": f"preprocessed image {list(example.shape)} NCHW float32 (see manifest.json)",
+                "output_description": f"wire tensor {wire_shape} float32; quantize to int8 with scale {scale:.6g}, zero point {zero_point}",
+                "user_defined": {"model_id": manifest_info["model_id"], "wire_scale": scale, "wire_zero_point": zero_point},
+            },
+        )
+        artifacts = []
+        for target_name in targets:
+            current = target_name
+            target = load_target(target_name)
+            filename = artifact_name(name, "encoder", target_name, precision, target.extension)
+            with stages.stage(f"{target_name} ({precision})"):
+                details = target.export(job, staging / filename)
+            inputs, outputs = details.pop("inputs", None), details.pop("outputs", None)
+            entry = {**describe_file(staging, filename), "part": "device", "target": target_name, "precision": precision}
+            entry["inputs"] = inputs or [{"name": INPUT_NAME, "shape": list(example.shape), "dtype": "float32"}]
+            entry["outputs"] = outputs or [{"name": OUTPUT_NAME, "shape": wire_shape, "dtype": "float32"}]
+            entry["details"] = details
+            artifacts.append(entry)
+
+        # 4. The cloud half: TorchScript decoder and a Triton repository around it.
+        current = "torchscript"
+        tasks = ckpt["tasks"]
+        with stages.stage("cloud decoder (TorchScript) and Triton repository"):
+            decoder_file = artifact_name(name, "decoder", "torchscript", "fp32", "pt")
+            export_decoder(decoder, [t["name"] for t in tasks], wire_shape, scale, zero_point, staging / decoder_file)
+            write_triton_repository(staging / "triton", f"{name}_decoder", staging / decoder_file, wire_shape, tasks)
+        cloud_inputs = [
+            {"name": "wire", "shape": [1, *cfg.wire_shape], "dtype": "int8"},
+            {"name": "scale", "shape": [1, 1], "dtype": "float32"},
+            {"name": "zero_point", "shape": [1, 1], "dtype": "int32"},
+        ]
+        cloud_outputs = [{"name": t["name"], "shape": [1, len(t["labels"])], "dtype": "float32"} for t in tasks]
+        artifacts.append({**describe_file(staging, decoder_file), "part": "cloud", "target": "torchscript", "precision": "fp32",
+                          "inputs": cloud_inputs, "outputs": cloud_outputs,
+                          "details": {"signature": "forward(wire, scale, zero_point) -> tuple of logits in task order"}})
+        artifacts.append({**describe_file(staging, "triton"), "part": "cloud", "target": "triton", "precision": "fp32",
+                          "details": {"backend": "pytorch_libtorch", "model_name": f"{name}_decoder", "dynamic_batching": True}})
+
+        # 5. Manifest, then move into place.
+        current = "manifest"
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "model": {"name": name, "id": manifest_info["model_id"],
+                      "checkpoint": {"file": checkpoint.name, "sha256": manifest_info["checkpoint_sha256"]},
+                      "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      "heldout_metrics": ckpt["metrics"]["heldout"]},
+            "precision": precision,
+            "device_input": manifest_info["device_input"],
+            "wire": manifest_info["wire"],
+            "communication": manifest_info["communication"],
+            "tasks": [{"name": t["name"], "labels": list(t["labels"])} for t in tasks],
+            "artifacts": artifacts,
+            "data": {"source": ckpt["data"]["source"], "recipe": ckpt["recipe"], "heldout": list(ckpt["data"]["split"]["heldout"])},
+            "tools": _tool_versions(),
+            "verification": None,
+        }
+        write_manifest(staging, manifest)
+        _replace_dir(staging, out)
+        return out, manifest
+    except Exception as e:
+        if isinstance(e, UserError):
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        log = out.parent / f"{out.name}.export-error.log"
+        with open(staging / "export.log", "a", encoding="utf-8") as fh:
+            fh.write(f"\n===== failure in {current} =====\n{traceback.format_exc()}")
+        shutil.copyfile(staging / "export.log", log)
+        shutil.rmtree(staging, ignore_errors=True)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportFailed(f"target {current} failed: {reason}", log) from e
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _wire_and_input(ckpt: dict, cfg, checkpoint_sha: str, wire_shape: list[int], scale: float, zero_point: int, calibration_info: dict) -> dict:
+    pre = ckpt["preprocessing"]
+    tokens, width = cfg.wire_shape
+    communication = {
+        "wire_int8_bytes": tokens * width,
+        "device_input_uint8_bytes": cfg.image_size * cfg.image_size * cfg.in_channels,
+        "unpooled_fp32_token_bytes": cfg.num_patches * cfg.device_dim * 4,
+    }
+    if ckpt["data"]["source"].get("kind") == "digits":
+        communication["source_image_uint8_bytes"] = 8 * 8
+    return {
+        "model_id": checkpoint_sha[:16],
+        "checkpoint_sha256": checkpoint_sha,
+        "device_input": {
+            "name": INPUT_NAME, "shape": [1, cfg.in_channels, cfg.image_size, cfg.image_size], "dtype": "float32", "layout": "NCHW",
+            "preprocessing": {k: pre[k] for k in ("size", "channels", "resize", "scale", "mean", "std")},
+        },
+        "wire": {
+            "name": OUTPUT_NAME, "shape": wire_shape, "dtype": "int8", "scale": scale, "zero_point": zero_point,
+            "bytes_per_image": tokens * width,
+            "formula": "q = clamp(round(x / scale) + zero_point, -128, 127); x = (q - zero_point) * scale",
+            "calibration": calibration_info,
+        },
+        "communication": communication,
+    }
+
+
+def _replace_dir(staging: Path, out: Path) -> None:
+    """Move the finished export onto ``out``, replacing a previous export only at the end."""
+    if out.exists():
+        retired = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, retired)
+        os.replace(staging, out)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, out)
+

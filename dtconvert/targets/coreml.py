@@ -1,0 +1,106 @@
+"""Core ML ``.mlpackage`` (ML program, iOS 17+), fp32 or W8A8 from the shared pt2e program.
+
+Core ML runs only on Apple platforms: on Linux the artifact is converted, saved, reloaded and
+inspected (I/O names, shapes, op list); prediction is left to macOS (see ``dtconvert verify``).
+"""
+
+from __future__ import annotations
+
+import platform
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dtconvert.targets import INPUT_NAME, OUTPUT_NAME, ExportError, ExportJob, RunnerUnavailable
+
+# ct.convert on a torch.export program drops a debugging aid into the package root; the
+# package's own Manifest.json does not list it and Core ML never reads it.
+DEBUG_FILES = ("executorch_debug_handle_mapping.json",)
+
+
+def mil_ops(path: Path) -> dict[str, int]:
+    """Op types and counts of a saved ML program (works on Linux)."""
+    import coremltools as ct
+
+    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+    ops = Counter(
+        op.type
+        for function in spec.mlProgram.functions.values()
+        for block in function.block_specializations.values()
+        for op in block.operations
+    )
+    return dict(sorted(ops.items()))
+
+
+def io_spec(path: Path) -> dict:
+    import coremltools as ct
+
+    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+
+    def describe(features):
+        from coremltools.proto import FeatureTypes_pb2
+
+        names = {v: k for k, v in FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.items()}
+        return [
+            {"name": f.name, "shape": list(f.type.multiArrayType.shape), "dtype": names[f.type.multiArrayType.dataType].lower()}
+            for f in features
+        ]
+
+    return {"inputs": describe(spec.description.input), "outputs": describe(spec.description.output)}
+
+
+class CoreMLTarget:
+    name = "coreml"
+    extension = "mlpackage"
+
+    def export(self, job: ExportJob, path: Path) -> dict:
+        import coremltools as ct
+
+        module = job.quantized_encoder if job.precision == "int8" else job.encoder
+        program = torch.export.export(module, (job.example,)).run_decompositions({})
+        # fp32 keeps float32 compute; int8 computes its float parts in fp16, Core ML's default.
+        precision = ct.precision.FLOAT32 if job.precision == "fp32" else ct.precision.FLOAT16
+        try:
+            model = ct.convert(
+                program,
+                inputs=[ct.TensorType(name=INPUT_NAME, shape=tuple(job.example.shape), dtype=np.float32)],
+                outputs=[ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)],
+                minimum_deployment_target=ct.target.iOS17,
+                compute_precision=precision,
+                convert_to="mlprogram",
+            )
+        except (NotImplementedError, ValueError, RuntimeError) as e:
+            raise ExportError(f"coremltools could not convert the encoder: {str(e).strip().splitlines()[0]}") from e
+        meta = job.metadata
+        model.author = meta.get("author", "dtconvert")
+        model.version = meta.get("version", "")
+        model.short_description = meta.get("description", "Device Tuning encoder")
+        model.input_description[INPUT_NAME] = meta.get("input_description", "preprocessed image")
+        model.output_description[OUTPUT_NAME] = meta.get("output_description", "wire tensor (float)")
+        for key, value in meta.get("user_defined", {}).items():
+            model.user_defined_metadata[key] = str(value)
+        model.save(str(path))
+        for name in DEBUG_FILES:
+            (path / name).unlink(missing_ok=True)
+        io = io_spec(path)  # reload from disk: what ships is what we describe
+        if [i["name"] for i in io["inputs"]] != [INPUT_NAME] or [o["name"] for o in io["outputs"]] != [OUTPUT_NAME]:
+            raise ExportError(f"Core ML model reloaded with unexpected I/O: {io}")
+        return {"compute_precision": "float32" if job.precision == "fp32" else "float16",
+                "deployment_target": "iOS17", "ops": mil_ops(path), **io}
+
+    def runner(self, path: Path):
+        if platform.system() != "Darwin":
+            raise RunnerUnavailable("Core ML prediction runs only on macOS; on Linux the MIL program is checked instead")
+        import coremltools as ct
+
+        model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)
+        return lambda x: model.predict({INPUT_NAME: x.astype(np.float32)})[OUTPUT_NAME]
+
+
+def directory_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+__all__ = ["CoreMLTarget", "directory_bytes", "io_spec", "mil_ops"]

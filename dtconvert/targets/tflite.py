@@ -1,0 +1,226 @@
+"""TFLite ``.tflite``: torch → ONNX (dynamo) → onnx2tf (graph only) → TFLiteConverter.
+
+onnx2tf translates the graph; TensorFlow's own converter does the full-integer quantization
+with the calibration images as representative data, since onnx2tf's quantization changed the
+float graph it produced (TOOLCHAIN.md, pitfall 3). Only builtin ops are allowed: a Flex
+(Select TF) op is an export error. Two numeric gates catch silent mistranslation: onnxruntime
+on the ONNX file and TensorFlow on onnx2tf's SavedModel must both match torch in float32.
+
+onnx2tf must never reach the network: it runs in a scratch directory holding its sample-data
+file, with the input kept NCHW (the sample download is tied to NHWC 3-channel inputs), and with
+every socket connection refused for the duration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dtconvert.targets import INPUT_NAME, OUTPUT_NAME, ExportError, ExportJob
+
+FLOAT_GATE = 1e-4  # max abs error allowed between torch and each float intermediate
+SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+
+
+@contextlib.contextmanager
+def no_network():
+    """Refuse every outgoing connection made in this process while converting."""
+
+    def refuse(*args, **kwargs):
+        raise OSError("dtconvert: network access is disabled during conversion")
+
+    saved = (socket.socket.connect, socket.socket.connect_ex, socket.create_connection, socket.getaddrinfo)
+    socket.socket.connect = socket.socket.connect_ex = refuse
+    socket.create_connection = socket.getaddrinfo = refuse
+    try:
+        yield
+    finally:
+        socket.socket.connect, socket.socket.connect_ex, socket.create_connection, socket.getaddrinfo = saved
+
+
+@contextlib.contextmanager
+def working_directory(path: Path):
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def tflite_ops(path: Path) -> dict[str, int]:
+    """Op names and counts of a .tflite, read from its flatbuffer (Flex ops appear as 'Flex…')."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    ops: Counter = Counter()
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+            ops[code.customCode.decode() if code.customCode else names[builtin]] += 1
+    return dict(sorted(ops.items()))
+
+
+def non_builtin_ops(ops: dict[str, int]) -> list[str]:
+    return [name for name in ops if name.startswith("Flex") or not name.isupper()]
+
+
+def io_details(path: Path) -> dict:
+    """Names, shapes, dtypes and quantization of a .tflite's inputs and outputs."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    runner = interpreter.get_signature_runner()
+
+    def describe(details: dict) -> list[dict]:
+        return [
+            {"name": name, "shape": [int(s) for s in d["shape"]], "dtype": np.dtype(d["dtype"]).name,
+             "quantization": {"scale": float(d["quantization"][0]), "zero_point": int(d["quantization"][1])}}
+            for name, d in details.items()
+        ]
+
+    return {"inputs": describe(runner.get_input_details()), "outputs": describe(runner.get_output_details())}
+
+
+def make_runner(path: Path, reference_kernels: bool = False, threads: int | None = None):
+    """Run a .tflite through LiteRT: XNNPACK by default, or the reference kernels."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    kwargs = {"experimental_op_resolver_type": OpResolverType.BUILTIN_REF} if reference_kernels else {}
+    interpreter = Interpreter(model_path=str(path), num_threads=threads, **kwargs)
+    runner = interpreter.get_signature_runner()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return runner(**{INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[OUTPUT_NAME]
+
+    return run
+
+
+class TFLiteTarget:
+    name = "tflite"
+    extension = "tflite"
+
+    def export(self, job: ExportJob, path: Path) -> dict:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        work = job.workdir / "tflite"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        x = job.example.numpy()
+        with torch.no_grad():
+            reference = job.encoder(job.example).numpy()
+
+        onnx_path = self._onnx(job, work / "encoder.onnx", x, reference)
+        saved_model = self._onnx2tf(job, onnx_path, work, x, reference)
+        data = self._convert(job, saved_model)
+        path.write_bytes(data)
+        ops = tflite_ops(path)
+        flex = non_builtin_ops(ops)
+        if flex:
+            raise ExportError(f"the TFLite model needs non-builtin ops {flex}; only builtin ops may ship")
+        return {"ops": ops, **io_details(path)}
+
+    def _onnx(self, job: ExportJob, onnx_path: Path, x: np.ndarray, reference: np.ndarray) -> Path:
+        import onnxruntime as ort
+
+        # Fixed batch 1: a dynamic batch went through onnx2tf with no error and wrong numbers.
+        torch.onnx.export(job.encoder, (job.example,), str(onnx_path), dynamo=True, opset_version=18,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], external_data=False, verbose=False)
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        (out,) = session.run(None, {INPUT_NAME: x})
+        error = float(np.abs(out - reference).max())
+        if error > FLOAT_GATE:
+            raise ExportError(f"the ONNX export differs from torch by {error:.3g} (bound {FLOAT_GATE})")
+        return onnx_path
+
+    def _onnx2tf(self, job: ExportJob, onnx_path: Path, work: Path, x: np.ndarray, reference: np.ndarray) -> Path:
+        import onnx2tf
+        import tensorflow as tf
+
+        raw = work / "onnx2tf"
+        # onnx2tf reads this file from the working directory instead of downloading it.
+        sample = _sample_images(job.calibration)
+        np.save(work / SAMPLE_FILE, sample)
+        with working_directory(work), no_network():
+            onnx2tf.convert(
+                input_onnx_file_path=str(onnx_path),
+                output_folder_path=str(raw),
+                output_signaturedefs=True,
+                copy_onnx_input_output_names_to_tflite=True,
+                not_use_onnxsim=True,
+                keep_ncw_or_nchw_or_ncdhw_input_names=[INPUT_NAME],
+                non_verbose=True,
+            )
+        # onnx2tf names the output 'output_0'; re-sign so the model's contract is image → wire.
+        loaded = tf.saved_model.load(str(raw))
+        serving = loaded.signatures["serving_default"]
+        ((source_input, _),) = serving.structured_input_signature[1].items()
+        ((source_output, _),) = serving.structured_outputs.items()
+
+        class Encoder(tf.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.inner = loaded  # keeps the variables tracked
+
+            @tf.function(input_signature=[tf.TensorSpec(list(x.shape), tf.float32, name=INPUT_NAME)])
+            def serve(self, image):
+                return {OUTPUT_NAME: serving(**{source_input: image})[source_output]}
+
+        module = Encoder()
+        signed = work / "saved_model"
+        tf.saved_model.save(module, str(signed), signatures={"serving_default": module.serve})
+        out = tf.saved_model.load(str(signed)).signatures["serving_default"](**{INPUT_NAME: tf.constant(x)})[OUTPUT_NAME].numpy()
+        if out.shape != reference.shape:
+            raise ExportError(f"onnx2tf changed the wire tensor's shape from {reference.shape} to {out.shape}")
+        error = float(np.abs(out - reference).max())
+        if error > FLOAT_GATE:
+            raise ExportError(f"onnx2tf's float32 graph differs from torch by {error:.3g} (bound {FLOAT_GATE}): a silent mistranslation")
+        return signed
+
+    def _convert(self, job: ExportJob, saved_model: Path) -> bytes:
+        import tensorflow as tf
+
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+        if job.precision == "int8":
+            calibration = job.calibration
+
+            def representative():
+                for i in range(len(calibration)):
+                    yield [calibration[i : i + 1]]
+
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = representative
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            # Float input and output: the app feeds the preprocessed image and quantizes the wire
+            # tensor with the manifest's scale and zero point, as for every other target.
+        else:
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        with no_network():
+            try:
+                return converter.convert()
+            except Exception as e:  # the converter raises ConverterError and friends
+                raise ExportError(f"TFLiteConverter failed: {str(e).strip().splitlines()[0]}") from e
+
+    def runner(self, path: Path):
+        return make_runner(path)
+
+
+def _sample_images(calibration: np.ndarray) -> np.ndarray:
+    """20 calibration images as 128×128×3 NHWC in [0, 1], the shape onnx2tf's sample file has."""
+    images = torch.from_numpy(calibration[:20])
+    images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:, :3]
+    images = torch.nn.functional.interpolate(images, size=(128, 128), mode="bilinear", align_corners=False)
+    images = (images - images.amin()) / (images.amax() - images.amin() + 1e-12)
+    out = images.permute(0, 2, 3, 1).numpy().astype(np.float32)
+    if len(out) < 20:
+        out = np.concatenate([out] * (20 // len(out) + 1))[:20]
+    return out

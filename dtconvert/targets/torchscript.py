@@ -1,0 +1,101 @@
+"""The cloud half: the decoder as TorchScript, plus a Triton Inference Server model repository.
+
+The TorchScript module takes the int8 wire tensor exactly as it arrives from the device, with
+its scale and zero point, dequantizes it inside, and returns every task's logits in the
+manifest's task order:
+
+    forward(wire: int8 (B, T, D), scale: float32 (B, 1), zero_point: int32 (B, 1)) -> tuple[(B, classes_i)]
+
+(``scale``/``zero_point`` of shape (1,) broadcast over the batch.) Taking the int8 tensor keeps
+one contract from the phone to the server, and lets Triton batch requests of any origin.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+WIRE_INPUTS = ("wire", "scale", "zero_point")
+
+
+class QuantizedWireDecoder(nn.Module):
+    def __init__(self, decoder: nn.Module, task_names: list[str]) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.task_names = list(task_names)
+
+    def forward(self, wire: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        wire_float = (wire.to(torch.float32) - zero_point.to(torch.float32).reshape(-1, 1, 1)) * scale.reshape(-1, 1, 1)
+        feature = self.decoder.features(wire_float)
+        return tuple(self.decoder.heads[name](feature) for name in self.task_names)
+
+
+def example_inputs(wire_shape: list[int], batch: int, scale: float, zero_point: int) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(0)
+    wire = torch.randint(-128, 128, (batch, *wire_shape[1:]), dtype=torch.int8, generator=generator)
+    return wire, torch.full((batch, 1), scale, dtype=torch.float32), torch.full((batch, 1), zero_point, dtype=torch.int32)
+
+
+def export_decoder(decoder: nn.Module, task_names: list[str], wire_shape: list[int], scale: float, zero_point: int, path: Path) -> None:
+    """Trace the decoder and check the traced module against eager at several batch sizes."""
+    module = QuantizedWireDecoder(decoder, task_names).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch 2.13 marks TorchScript deprecated; it still ships
+        traced = torch.jit.trace(module, example_inputs(wire_shape, 2, scale, zero_point), check_trace=False)
+        torch.jit.save(traced, str(path))
+        loaded = torch.jit.load(str(path))
+    with torch.no_grad():
+        for batch in (1, 3, 8):
+            inputs = example_inputs(wire_shape, batch, scale, zero_point)
+            for got, want in zip(loaded(*inputs), module(*inputs)):
+                if not torch.allclose(got, want, atol=1e-5, rtol=0):
+                    raise RuntimeError(f"traced decoder disagrees with eager at batch {batch}")
+
+
+def load_decoder(path: Path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.jit.load(str(path), map_location="cpu").eval()
+
+
+def write_triton_repository(root: Path, model_name: str, decoder_file: Path, wire_shape: list[int], tasks: list[dict],
+                            max_batch_size: int = 64) -> list[Path]:
+    """A model repository for Triton's PyTorch (libtorch) backend; returns the files written."""
+    model_dir = root / model_name
+    version_dir = model_dir / "1"
+    version_dir.mkdir(parents=True)
+    (version_dir / "model.pt").write_bytes(decoder_file.read_bytes())
+    dims = ", ".join(str(d) for d in wire_shape[1:])
+    outputs = []
+    written = [version_dir / "model.pt"]
+    for i, task in enumerate(tasks):
+        labels = model_dir / f"labels_{task['name']}.txt"
+        labels.write_text("\n".join(task["labels"]) + "\n")
+        written.append(labels)
+        outputs.append(
+            f'  {{ name: "OUTPUT__{i}" data_type: TYPE_FP32 dims: [ {len(task["labels"])} ] label_filename: "{labels.name}" }}'
+        )
+    config = f"""# Cloud decoder of dtconvert model {model_name!r}: int8 wire tensor in, one logits tensor per task out.
+# OUTPUT__i follows the manifest's task order: {', '.join(t['name'] for t in tasks)}.
+name: "{model_name}"
+platform: "pytorch_libtorch"
+max_batch_size: {max_batch_size}
+input [
+  {{ name: "INPUT__0" data_type: TYPE_INT8 dims: [ {dims} ] }},
+  {{ name: "INPUT__1" data_type: TYPE_FP32 dims: [ 1 ] }},
+  {{ name: "INPUT__2" data_type: TYPE_INT32 dims: [ 1 ] }}
+]
+output [
+{(',' + chr(10)).join(outputs)}
+]
+dynamic_batching {{
+  max_queue_delay_microseconds: 2000
+}}
+instance_group [ {{ kind: KIND_CPU, count: 1 }} ]
+"""
+    (model_dir / "config.pbtxt").write_text(config)
+    written.append(model_dir / "config.pbtxt")
+    return written
