@@ -179,6 +179,7 @@ def export(
     precision: str = typer.Option("int8", "--precision", help="int8 (static PTQ of weights and activations) or fp32."),
     calib: Optional[str] = typer.Option(None, "--calib", help="Calibration images: a count N taken from the checkpoint's training split (default 128), or a folder."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Export directory (default: ./export/<checkpoint stem>)."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Run 'dtconvert verify' on the export and record the results in the manifest."),
 ) -> None:
     """Split a checkpoint into int8 device artifacts, a TorchScript cloud decoder and a manifest.
 
@@ -188,10 +189,64 @@ def export(
 
     targets = parse_targets(target)
     try:
-        export_dir, manifest = run_export(checkpoint, targets, precision=precision, calib=calib, out=out)
+        export_dir, manifest = run_export(checkpoint, targets, precision=precision, calib=calib, out=out, verify=verify)
     except ExportFailed as e:
         _fail(f"{e} (full log: {e.log})", code=1)
     _print_export_summary(export_dir, manifest)
+    verification = manifest["verification"]
+    if verification is not None and not verification["passed"]:
+        first = verification["failed"][0]
+        _fail(f"verification failed ({len(verification['failed'])} checks; first: {first['artifact']} {first['runtime']} "
+              f"{first['check']}: {first['detail']}); run 'dtconvert verify {export_dir}' for the full table", code=1)
+    if verification is not None:
+        typer.echo(f"verified: {verification['checks']} checks passed on {verification['samples']} held-out images")
+
+
+@app.command("verify")
+@user_errors
+def verify_command(
+    export_dir: Path = typer.Argument(..., help="A directory written by 'dtconvert export'."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Verify on these images instead (sub-folders named after the first task's labels give accuracy too)."),
+    digits: bool = typer.Option(False, "--digits", help="Verify on the bundled digits' held-out split (models trained on digits)."),
+    json_report: Optional[Path] = typer.Option(None, "--json", help="Write every number to this JSON file."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Write a JUnit XML report (one test case per artifact and check)."),
+    tolerance: Optional[Path] = typer.Option(None, "--tolerance", help="YAML file overriding the default bounds (target → precision → bound)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Use only the first N held-out images."),
+) -> None:
+    """Accuracy parity of every artifact in its real runtime against the fp32 model: a CI gate.
+
+    Exit status: 0 all checks pass, 1 a check failed, 2 bad input.
+
+    Example: dtconvert verify export/ckpt --json verify.json --junit verify.xml
+    """
+    from rich.console import Console
+
+    from dtconvert.verify import verify_export, write_reports
+
+    if data is not None and digits:
+        raise UserError("--data and --digits are alternatives; pass one")
+    console = Console(stderr=True)
+    report = verify_export(export_dir, data=data, digits=digits, tolerance_file=tolerance, limit=limit,
+                           log=lambda line: console.print(line, highlight=False))
+    write_reports(report, json_report, junit)
+    _print_verify_table(report)
+    if not report.passed:
+        failed = [c for c in report.checks if not c.passed]
+        _fail(f"{len(failed)} of {len(report.checks)} checks failed; first: {failed[0].artifact} {failed[0].runtime} {failed[0].check}: {failed[0].detail}", code=1)
+    typer.echo(f"all {len(report.checks)} checks passed on {report.samples} images ({report.data})")
+
+
+def _print_verify_table(report) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=escape(f"dtconvert verify {report.export_dir}"))
+    for column in ("artifact", "runtime", "check", "result", "measured"):
+        table.add_column(column)
+    for c in report.checks:
+        table.add_row(escape(c.artifact), escape(c.runtime), escape(c.check), "[green]pass[/]" if c.passed else "[red]FAIL[/]", escape(c.detail))
+    Console().print(table)
 
 
 def _print_export_summary(export_dir: Path, manifest: dict) -> None:
@@ -217,20 +272,23 @@ def _print_export_summary(export_dir: Path, manifest: dict) -> None:
 @app.command()
 @user_errors
 def demo(
-    out: Path = typer.Option(Path("runs"), "--out", help="Where the demo keeps its runs."),
+    out: Path = typer.Option(Path("runs"), "--out", help="Where the demo keeps its checkpoint and export."),
     retrain: bool = typer.Option(False, "--retrain", help="Train again even if a checkpoint of the same recipe exists."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """End to end on the bundled digits: train the digits recipe (or reuse its checkpoint) and report.
+    """End to end on the bundled digits: train (or reuse the checkpoint), export every target, verify.
 
     Example: dtconvert demo
     """
     from rich.console import Console
 
     from dtconvert.checkpoint import load_checkpoint
+    from dtconvert.export import ExportFailed, run_export
     from dtconvert.recipe import load_recipe
+    from dtconvert.targets import DEVICE_TARGETS
     from dtconvert.train import train as run_training
 
+    console = Console(stderr=True)
     recipe = load_recipe(bundled_recipe_dir() / "digits.yaml")
     ckpt_path = out / "digits" / "ckpt.pt"
     ckpt = None
@@ -240,12 +298,49 @@ def demo(
         except UserError:
             cached = None
         if cached is not None and cached.get("recipe") == recipe.to_dict():
-            typer.echo(f"reusing {ckpt_path} (same recipe; --retrain to train again)", err=True)
+            console.print(f"reusing {ckpt_path} (same recipe; --retrain to train again)", highlight=False)
             ckpt = cached
     if ckpt is None:
-        ckpt = run_training(recipe, ckpt_path.parent, console=Console(stderr=True), show_progress=not quiet)
-    _print_metrics(ckpt, title="digits: held-out metrics")
-    typer.echo(f"checkpoint: {ckpt_path}")
+        console.rule("1. train digits (GradNorm over digit and odd)")
+        ckpt = run_training(recipe, ckpt_path.parent, console=console, show_progress=not quiet)
+    _print_metrics(ckpt, title="digits: held-out metrics (fp32)")
+
+    console.rule("2. export int8 ExecuTorch, Core ML, TFLite + TorchScript decoder, then verify")
+    try:
+        export_dir, manifest = run_export(ckpt_path, list(DEVICE_TARGETS), out=out / "export" / "digits")
+    except ExportFailed as e:
+        _fail(f"{e} (full log: {e.log})", code=1)
+    _print_export_summary(export_dir, manifest)
+    _print_demo_parity(manifest)
+    verification = manifest["verification"]
+    if not verification["passed"]:
+        first = verification["failed"][0]
+        _fail(f"verification failed: {first['artifact']} {first['runtime']} {first['check']}: {first['detail']}", code=1)
+    typer.echo(f"all {verification['checks']} verification checks passed; export in {export_dir}")
+
+
+def _print_demo_parity(manifest: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    tasks = [t["name"] for t in manifest["tasks"]]
+    table = Table(title=f"held-out accuracy per path ({manifest['verification']['samples']} images, int8 wire of {manifest['wire']['bytes_per_image']} B)")
+    table.add_column("path")
+    for task in tasks:
+        table.add_column(task, justify="right")
+    table.add_column("wire SQNR", justify="right")
+    fp32_row = None
+    for artifact, per_runtime in manifest["verification"]["metrics"].items():
+        for runtime, numbers in per_runtime.items():
+            accuracies = [numbers["tasks"][t].get("accuracy") for t in tasks]
+            if fp32_row is None:
+                fp32_row = [numbers["tasks"][t].get("fp32_accuracy") for t in tasks]
+            sqnr = numbers.get("wire", {}).get("sqnr_db")
+            table.add_row(f"{runtime} → decoder", *(f"{a:.2%}" if a is not None else "-" for a in accuracies),
+                          f"{sqnr:.1f} dB" if sqnr is not None else "-")
+    if fp32_row is not None:
+        table.add_row("fp32 PyTorch (unsplit)", *(f"{a:.2%}" if a is not None else "-" for a in fp32_row), "-")
+    Console().print(table)
 
 
 def run() -> None:

@@ -41,7 +41,7 @@ from dtconvert.targets import (
     artifact_name,
     load_target,
 )
-from dtconvert.targets.torchscript import export_decoder, write_triton_repository
+from dtconvert.targets.torchscript import export_decoder, export_reference, write_triton_repository
 
 TOOLS = ("torch", "executorch", "coremltools", "tensorflow", "onnx", "onnxruntime", "onnx2tf", "ai-edge-litert")
 
@@ -114,8 +114,11 @@ def _tool_versions() -> dict[str, str]:
 
 
 def run_export(checkpoint: Path, targets: list[str], precision: str = "int8", calib: str | None = None,
-               out: Path | None = None, console: Console | None = None) -> tuple[Path, dict]:
-    """Export ``checkpoint`` for ``targets``; return the export directory and its manifest."""
+               out: Path | None = None, console: Console | None = None, verify: bool = True) -> tuple[Path, dict]:
+    """Export ``checkpoint`` for ``targets``; return the export directory and its manifest.
+
+    With ``verify`` (the default) ``dtconvert verify`` runs on the finished export before it is
+    moved into place, and its results are recorded in the manifest's ``verification``."""
     if precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     out = Path(out) if out is not None else default_out(checkpoint)
@@ -198,7 +201,20 @@ def run_export(checkpoint: Path, targets: list[str], precision: str = "int8", ca
         artifacts.append({**describe_file(staging, "triton"), "part": "cloud", "target": "triton", "precision": "fp32",
                           "details": {"backend": "pytorch_libtorch", "model_name": f"{name}_decoder", "dynamic_batching": True}})
 
-        # 5. Manifest, then move into place.
+        # 5. The fp32 model as the export's own reference (verify needs no checkpoint), and
+        #    golden inputs and outputs for the apps' tests and the macOS Core ML job.
+        current = "reference"
+        with stages.stage("fp32 reference model and golden files"):
+            reference_file = artifact_name(name, "reference", "torchscript", "fp32", "pt")
+            export_reference(model, [t["name"] for t in tasks], example, staging / reference_file)
+            golden = write_golden(staging / "golden", ckpt, calibration, staging / reference_file, staging / decoder_file,
+                                  [t["name"] for t in tasks], scale, zero_point)
+        artifacts.append({**describe_file(staging, reference_file), "part": "reference", "target": "reference", "precision": "fp32",
+                          "inputs": [{"name": INPUT_NAME, "shape": list(example.shape), "dtype": "float32"}],
+                          "outputs": [{"name": OUTPUT_NAME, "shape": wire_shape, "dtype": "float32"}, *cloud_outputs],
+                          "details": {"signature": "forward(image) -> (wire, *logits in task order)"}})
+
+        # 6. Manifest, verification, then move into place.
         current = "manifest"
         manifest = {
             "schema_version": SCHEMA_VERSION,
@@ -214,9 +230,18 @@ def run_export(checkpoint: Path, targets: list[str], precision: str = "int8", ca
             "artifacts": artifacts,
             "data": {"source": ckpt["data"]["source"], "recipe": ckpt["recipe"], "heldout": list(ckpt["data"]["split"]["heldout"])},
             "tools": _tool_versions(),
+            "golden": golden,
             "verification": None,
         }
         write_manifest(staging, manifest)
+        if verify:
+            current = "verify"
+            from dtconvert.verify import verify_export
+
+            with stages.stage("verify"):
+                report = verify_export(staging, log=lambda line: None)
+            manifest["verification"] = report.summary()
+            write_manifest(staging, manifest)
         _replace_dir(staging, out)
         return out, manifest
     except Exception as e:
@@ -271,3 +296,43 @@ def _replace_dir(staging: Path, out: Path) -> None:
     else:
         os.replace(staging, out)
 
+
+
+GOLDEN_COUNT = 8
+
+
+def write_golden(folder: Path, ckpt: dict, calibration, reference_file: Path, decoder_file: Path, tasks: list[str],
+                 scale: float, zero_point: int) -> dict:
+    """Golden inputs and outputs: the same numbers for the apps' tests and the macOS Core ML job.
+
+    ``input.npy`` (preprocessed images), ``wire_fp32.npy`` (fp32 encoder), ``wire_int8.npy``
+    (quantized with the manifest's parameters), ``logits_<task>.npy`` (the cloud decoder on
+    ``wire_int8``), and for the bundled digits ``image_uint8.npy``, the raw 8×8 images the
+    preprocessing starts from.
+    """
+    import numpy as np
+
+    from dtconvert.manifest import tree_files
+    from dtconvert.quantize import dataset_images, quantize_wire
+    from dtconvert.targets.torchscript import load_decoder
+
+    folder.mkdir()
+    index = list(ckpt["data"]["split"]["heldout"])[:GOLDEN_COUNT]
+    try:
+        images, _ = dataset_images(ckpt["recipe"], index, ckpt["preprocessing"]) if index else (calibration[:GOLDEN_COUNT], None)
+    except UserError:  # the training data is not on this machine: calibration images serve as well
+        images, index = calibration[:GOLDEN_COUNT], []
+    with torch.no_grad():
+        wire = load_decoder(reference_file)(torch.from_numpy(images))[0].numpy()
+        wire_q = quantize_wire(wire, scale, zero_point)
+        logits = load_decoder(decoder_file)(torch.from_numpy(wire_q), torch.tensor([scale]), torch.tensor([zero_point], dtype=torch.int32))
+    np.save(folder / "input.npy", images)
+    np.save(folder / "wire_fp32.npy", wire)
+    np.save(folder / "wire_int8.npy", wire_q)
+    for task, values in zip(tasks, logits):
+        np.save(folder / f"logits_{task}.npy", values.numpy())
+    if index and ckpt["data"]["source"].get("kind") == "digits":
+        from dtconvert.data import digits_uint8
+
+        np.save(folder / "image_uint8.npy", digits_uint8()[0][index])
+    return {"path": folder.name, "count": len(images), "files": tree_files(folder)}

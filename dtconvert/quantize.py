@@ -48,22 +48,28 @@ def dequantize_wire(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return (q.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
 
 
-def checkpoint_images(ckpt: dict, split: str, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Preprocessed images (N, C, H, W) float32 and their labels from the checkpoint's own data.
-
-    ``split`` is "train" or "heldout"; ``count`` takes the first N of a fixed shuffle of it.
-    """
+def dataset_images(recipe: dict, index: list[int], preprocessing: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Preprocessed images (N, C, H, W) float32 and their labels (N, tasks) for sample indices
+    of the data source a recipe names (as stored in a checkpoint or a manifest)."""
     from dtconvert.data import load_task_data, normalize
     from dtconvert.recipe import parse_recipe
 
-    recipe = parse_recipe({k: v for k, v in ckpt["recipe"].items() if k != "name"}, "checkpoint recipe", ckpt["recipe"]["name"])
-    data = load_task_data(recipe)
+    parsed = parse_recipe({k: v for k, v in recipe.items() if k != "name"}, "stored recipe", recipe["name"])
+    data = load_task_data(parsed)
+    index = np.asarray(index, dtype=np.int64)
+    images = normalize(data.images01(index), preprocessing["mean"], preprocessing["std"]).numpy().astype(np.float32)
+    return images, data.labels[index]
+
+
+def checkpoint_images(ckpt: dict, split: str, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Preprocessed images and labels from the checkpoint's own data.
+
+    ``split`` is "train" or "heldout"; ``count`` takes the first N of a fixed shuffle of it.
+    """
     index = np.asarray(ckpt["data"]["split"][split], dtype=np.int64)
     if count is not None:
         index = np.random.default_rng(0).permutation(index)[:count]
-    pre = ckpt["preprocessing"]
-    images = normalize(data.images01(index), pre["mean"], pre["std"]).numpy().astype(np.float32)
-    return images, data.labels[index]
+    return dataset_images(ckpt["recipe"], index.tolist(), ckpt["preprocessing"])
 
 
 def folder_images(root: Path, preprocessing: dict) -> np.ndarray:
@@ -108,8 +114,30 @@ def pt2e_int8(encoder: torch.nn.Module, calibration: np.ndarray, example: torch.
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    quantizer.set_filter_function(_not_a_scalar_multiply)
     prepared = prepare_pt2e(torch.export.export(encoder, (example,)).module(), quantizer)
     with torch.no_grad():
         for i in range(len(calibration)):
             prepared(torch.from_numpy(calibration[i : i + 1]))
     return convert_pt2e(prepared)
+
+
+def _not_a_scalar_multiply(node) -> bool:
+    """Leave multiplications by a constant scalar (attention scale, pooling's ½) in float.
+
+    Quantized, such a constant is stored as q=127, zero point −128; coremltools 9.0 folds it as
+    ``scale * (q - zero_point)`` in int8 arithmetic, which wraps to −1, so the Core ML program's
+    attention scale became −0.25/255 and its pooling factor −0.5/255: an ML program whose output
+    ignored its input, converted without a word. Kept in float, both are exact everywhere.
+    """
+    if node.target not in (torch.ops.aten.mul.Tensor, torch.ops.aten.mul_.Tensor, torch.ops.aten.mul.Scalar):
+        return True
+    module = node.graph.owning_module
+    for arg in node.args:
+        if isinstance(arg, (int, float)):
+            return False
+        if getattr(arg, "op", None) == "get_attr":
+            value = getattr(module, arg.target, None)
+            if isinstance(value, torch.Tensor) and value.ndim == 0:
+                return False
+    return True

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -123,13 +124,11 @@ def artifact(export_dir: Path, target: str) -> tuple[Path, dict]:
     return export_dir / entry["path"], entry
 
 
-def run_device(runner, images) -> "np.ndarray":
-    import numpy as np
-
+def run_device(runner, images) -> np.ndarray:
     return np.concatenate([runner(images[i : i + 1]) for i in range(len(images))])
 
 
-def end_to_end(export_dir: Path, wire, decode_scale: float | None = None) -> dict[str, "np.ndarray"]:
+def end_to_end(export_dir: Path, wire, decode_scale: float | None = None) -> dict[str, np.ndarray]:
     """Quantize a float wire tensor with the manifest's parameters and run the TorchScript decoder
     (told ``decode_scale`` instead of the manifest's scale, to show a mismatch is caught)."""
     from dtconvert.quantize import quantize_wire

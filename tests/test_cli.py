@@ -81,6 +81,7 @@ def test_demo_reuses_a_checkpoint_of_the_same_recipe(digits_ckpt, tmp_path):
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "-q"], env={"COLUMNS": "120"})
     assert result.exit_code == 0, result.output
     assert "reusing" in result.stderr and "digit" in result.stdout
+    assert "all" in result.stdout and "verification checks passed" in result.stdout
 
 
 def _assert_one_line_error(done, *needles):

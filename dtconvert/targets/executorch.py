@@ -68,3 +68,24 @@ class ExecuTorchTarget:
             return method.execute([torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))])[0].numpy()
 
         return run
+
+
+def pte_kernel_ops(path: Path) -> tuple[dict[str, int], int]:
+    """Operators a .pte runs on ExecuTorch's own kernels (outside any delegate), and how many
+    delegate calls it makes, read from the program itself rather than from the export graph."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+    from executorch.exir.schema import DelegateCall, KernelCall
+
+    program = deserialize_pte_binary(Path(path).read_bytes()).program
+    kernels: Counter = Counter()
+    delegates = 0
+    for plan in program.execution_plan:
+        for chain in plan.chains:
+            for instruction in chain.instructions:
+                args = instruction.instr_args
+                if isinstance(args, KernelCall):
+                    operator = plan.operators[args.op_index]
+                    kernels[operator.name.split("::")[-1]] += 1
+                elif isinstance(args, DelegateCall):
+                    delegates += 1
+    return dict(sorted(kernels.items())), delegates

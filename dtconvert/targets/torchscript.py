@@ -24,13 +24,18 @@ WIRE_INPUTS = ("wire", "scale", "zero_point")
 class QuantizedWireDecoder(nn.Module):
     def __init__(self, decoder: nn.Module, task_names: list[str]) -> None:
         super().__init__()
-        self.decoder = decoder
-        self.task_names = list(task_names)
+        self.input_proj, self.pos_embed, self.trunk = decoder.input_proj, decoder.pos_embed, decoder.trunk
+        # A list in task order, not the ModuleDict: TorchScript names submodules after their
+        # keys, and a task called "class" (a Python keyword) cannot be serialized.
+        self.heads = nn.ModuleList(decoder.heads[name] for name in task_names)
 
     def forward(self, wire: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> tuple[torch.Tensor, ...]:
         wire_float = (wire.to(torch.float32) - zero_point.to(torch.float32).reshape(-1, 1, 1)) * scale.reshape(-1, 1, 1)
-        feature = self.decoder.features(wire_float)
-        return tuple(self.decoder.heads[name](feature) for name in self.task_names)
+        h = self.input_proj(wire_float) + self.pos_embed
+        for layer in self.trunk:
+            h = layer(h)
+        feature = h.mean(dim=1)
+        return tuple(head(feature) for head in self.heads)
 
 
 def example_inputs(wire_shape: list[int], batch: int, scale: float, zero_point: int) -> tuple[torch.Tensor, ...]:
@@ -99,3 +104,38 @@ instance_group [ {{ kind: KIND_CPU, count: 1 }} ]
     (model_dir / "config.pbtxt").write_text(config)
     written.append(model_dir / "config.pbtxt")
     return written
+
+
+class ReferenceModel(nn.Module):
+    """The whole fp32 model, for verification: image → (float wire tensor, logits per task)."""
+
+    def __init__(self, model: nn.Module, task_names: list[str]) -> None:
+        super().__init__()
+        self.encoder = model.encoder
+        self.cloud = QuantizedWireDecoder(model.decoder, task_names)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        wire = self.encoder(image)
+        h = self.cloud.input_proj(wire) + self.cloud.pos_embed
+        for layer in self.cloud.trunk:
+            h = layer(h)
+        feature = h.mean(dim=1)
+        return (wire, *(head(feature) for head in self.cloud.heads))
+
+
+def export_reference(model: nn.Module, task_names: list[str], example: torch.Tensor, path: Path) -> None:
+    """Trace the fp32 model as the export's own reference, checked against eager at two batch sizes."""
+    module = ReferenceModel(model, task_names).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(module, (example.expand(2, *example.shape[1:]).contiguous(),), check_trace=False)
+        torch.jit.save(traced, str(path))
+        loaded = torch.jit.load(str(path))
+    with torch.no_grad():
+        for batch in (1, 5):
+            x = torch.randn(batch, *example.shape[1:], generator=torch.Generator().manual_seed(batch))
+            wire = model.encode(x)
+            logits = model.decode(wire)
+            for got, want in zip(loaded(x), (wire, *(logits[n] for n in task_names))):
+                if not torch.allclose(got, want, atol=1e-5, rtol=0):
+                    raise RuntimeError(f"traced reference model disagrees with eager at batch {batch}")

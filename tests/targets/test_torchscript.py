@@ -42,3 +42,19 @@ def test_triton_repository(int8_export):
     assert "TYPE_INT8 dims: [ 8, 8 ]" in config
     assert (root / "1" / "model.pt").read_bytes() == artifact(int8_export, "torchscript")[0].read_bytes()
     assert (root / "labels_odd.txt").read_text().split() == ["even", "odd"]
+
+
+def test_task_named_like_a_python_keyword(tmp_path):
+    """dt-2m's task is called 'class'; TorchScript cannot name a submodule that."""
+    from dtconvert.model import DeviceTuningModel, ModelConfig
+    from dtconvert.targets.torchscript import export_decoder
+
+    torch.manual_seed(0)
+    model = DeviceTuningModel(ModelConfig(image_size=8, patch_size=2, device_dim=8, device_depth=1, device_heads=2, pool_at=(0,),
+                                          cloud_dim=8, cloud_depth=1, cloud_heads=2, tasks=(("class", 3), ("def", 2)))).eval()
+    export_decoder(model.decoder, ["class", "def"], [1, 8, 8], 0.05, 0, tmp_path / "d.pt")
+    wire = torch.randint(-128, 128, (2, 8, 8), dtype=torch.int8)
+    with torch.no_grad():
+        got = load_decoder(tmp_path / "d.pt")(wire, torch.tensor([0.05]), torch.tensor([0], dtype=torch.int32))
+        want = model.decode((wire.float()) * 0.05)
+    assert torch.allclose(got[0], want["class"], atol=1e-6) and torch.allclose(got[1], want["def"], atol=1e-6)
