@@ -239,7 +239,11 @@ def run_export(checkpoint: Path, targets: list[str], precision: str = "int8", ca
             from dtconvert.verify import verify_export
 
             with stages.stage("verify"):
-                report = verify_export(staging, log=lambda line: None)
+                try:
+                    report = verify_export(staging, log=lambda line: None)
+                except UserError as e:
+                    raise UserError(f"cannot verify the export: {e}. Export with --no-verify, then run "
+                                    f"'dtconvert verify {out} --data DIR' on images you have") from None
             manifest["verification"] = report.summary()
             write_manifest(staging, manifest)
         _replace_dir(staging, out)

@@ -157,3 +157,24 @@ def test_export_runs_with_no_network_at_all(quick_ckpt, tmp_path):
     assert "manifest.json" in done.stdout and "16,384 B unpooled fp32 tokens" in done.stdout
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     assert {a["target"] for a in manifest["artifacts"]} == {"executorch", "coreml", "tflite", "torchscript", "triton", "reference"}
+
+
+def test_export_whose_heldout_data_is_gone_says_how_to_verify(tmp_path):
+    from dtconvert.train import train
+    from tests.test_imagefolder import _make_folder, _recipe
+
+    root = _make_folder(tmp_path / "data")
+    train(_recipe(root), tmp_path / "run", show_progress=False)
+    calib = shutil.copytree(root / "zero", tmp_path / "calib")
+    for i, f in enumerate(sorted((root / "one").glob("*.png"))[:12]):
+        shutil.copy(f, calib / f"extra{i}.png")
+    shutil.rmtree(root)
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "run" / "ckpt.pt"), "--target", "tflite", "--calib", str(calib),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "--no-verify" in result.stderr and "dtconvert verify" in result.stderr and "--data DIR" in result.stderr
+    assert not (tmp_path / "out").exists()
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "run" / "ckpt.pt"), "--target", "tflite", "--calib", str(calib),
+                                      "--no-verify", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert manifest_of(tmp_path / "out")["verification"] is None
