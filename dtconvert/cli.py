@@ -336,7 +336,8 @@ def _print_demo_parity(manifest: dict) -> None:
             if fp32_row is None:
                 fp32_row = [numbers["tasks"][t].get("fp32_accuracy") for t in tasks]
             sqnr = numbers.get("wire", {}).get("sqnr_db")
-            table.add_row(f"{runtime} → decoder", *(f"{a:.2%}" if a is not None else "-" for a in accuracies),
+            path = "fp32 encoder → int8 wire → decoder" if runtime == "TorchScript" else f"{runtime} → int8 wire → decoder"
+            table.add_row(path, *(f"{a:.2%}" if a is not None else "-" for a in accuracies),
                           f"{sqnr:.1f} dB" if sqnr is not None else "-")
     if fp32_row is not None:
         table.add_row("fp32 PyTorch (unsplit)", *(f"{a:.2%}" if a is not None else "-" for a in fp32_row), "-")
