@@ -83,3 +83,12 @@ def test_dt2m_wire_is_at_most_a_sixteenth_of_unpooled_fp32_tokens():
     wire = describe(RECIPES / "dt-2m.yaml")["wire"]
     assert wire["int8_bytes_per_image"] * 16 <= wire["unpooled_fp32_bytes_per_image"]
     assert describe(RECIPES / "digits.yaml")["wire"]["int8_bytes_per_image"] <= 64
+
+
+def test_twin_sixteenth_check_fails_without_pooling(tmp_path):
+    from dtconvert.describe import describe
+
+    unpooled = tmp_path / "dt-2m-unpooled.yaml"
+    unpooled.write_text((RECIPES / "dt-2m.yaml").read_text().replace("pool_at: [1, 2]", "pool_at: []"))
+    wire = describe(unpooled)["wire"]
+    assert wire["int8_bytes_per_image"] * 16 > wire["unpooled_fp32_bytes_per_image"]
