@@ -7,7 +7,6 @@ inspected (I/O names, shapes, op list); prediction is left to macOS (see ``dtcon
 from __future__ import annotations
 
 import platform
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -22,33 +21,16 @@ DEBUG_FILES = ("executorch_debug_handle_mapping.json",)
 
 def mil_ops(path: Path) -> dict[str, int]:
     """Op types and counts of a saved ML program (works on Linux)."""
-    import coremltools as ct
+    from dtconvert.mil_reference import program_ops
 
-    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
-    ops = Counter(
-        op.type
-        for function in spec.mlProgram.functions.values()
-        for block in function.block_specializations.values()
-        for op in block.operations
-    )
-    return dict(sorted(ops.items()))
+    return dict(sorted(program_ops(path).items()))
 
 
 def io_spec(path: Path) -> dict:
-    import coremltools as ct
+    """Input and output names, shapes and dtypes as the saved package declares them."""
+    from dtconvert.mil_reference import io_signature
 
-    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
-
-    def describe(features):
-        from coremltools.proto import FeatureTypes_pb2
-
-        names = {v: k for k, v in FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.items()}
-        return [
-            {"name": f.name, "shape": list(f.type.multiArrayType.shape), "dtype": names[f.type.multiArrayType.dataType].lower()}
-            for f in features
-        ]
-
-    return {"inputs": describe(spec.description.input), "outputs": describe(spec.description.output)}
+    return io_signature(path)
 
 
 class CoreMLTarget:

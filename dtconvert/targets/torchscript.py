@@ -29,12 +29,16 @@ class QuantizedWireDecoder(nn.Module):
         # keys, and a task called "class" (a Python keyword) cannot be serialized.
         self.heads = nn.ModuleList(decoder.heads[name] for name in task_names)
 
-    def forward(self, wire: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        wire_float = (wire.to(torch.float32) - zero_point.to(torch.float32).reshape(-1, 1, 1)) * scale.reshape(-1, 1, 1)
+    def features(self, wire_float: torch.Tensor) -> torch.Tensor:
+        """The shared trunk, as CloudDecoder.features computes it."""
         h = self.input_proj(wire_float) + self.pos_embed
         for layer in self.trunk:
             h = layer(h)
-        feature = h.mean(dim=1)
+        return h.mean(dim=1)
+
+    def forward(self, wire: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        wire_float = (wire.to(torch.float32) - zero_point.to(torch.float32).reshape(-1, 1, 1)) * scale.reshape(-1, 1, 1)
+        feature = self.features(wire_float)
         return tuple(head(feature) for head in self.heads)
 
 
@@ -116,10 +120,7 @@ class ReferenceModel(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         wire = self.encoder(image)
-        h = self.cloud.input_proj(wire) + self.cloud.pos_embed
-        for layer in self.cloud.trunk:
-            h = layer(h)
-        feature = h.mean(dim=1)
+        feature = self.cloud.features(wire)
         return (wire, *(head(feature) for head in self.cloud.heads))
 
 
