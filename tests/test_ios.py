@@ -1,0 +1,636 @@
+"""Structure checks of the iOS demo (ios_demo/) that run on Linux, without a Mac.
+
+There is no Swift toolchain here, so these are parse and structure checks, not a compile: every
+``.swift`` file is parsed with tree-sitter-swift (no ERROR or MISSING node), the Xcode project is
+read with the ``pbxproj`` package, Info.plist with plistlib, and the manifest keys the Swift
+``Codable`` types read are looked up in dtconvert/manifest.schema.json. Compiling DTCore, running
+its XCTests against the golden vectors and a real export, and building the app for the iOS
+simulator happen on macOS in .github/workflows/ios.yml.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import plistlib
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from urllib.parse import urlparse
+from xml.etree import ElementTree
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+IOS = REPO / "ios_demo"
+APP = IOS / "DTDemo"
+DTCORE = IOS / "DTCore"
+DTCORE_SOURCES = DTCORE / "Sources" / "DTCore"
+MANIFEST_SWIFT = DTCORE_SOURCES / "Manifest.swift"
+PBXPROJ = IOS / "DTDemo.xcodeproj" / "project.pbxproj"
+SCHEME = IOS / "DTDemo.xcodeproj" / "xcshareddata" / "xcschemes" / "DTDemo.xcscheme"
+INFO_PLIST = APP / "Info.plist"
+WORKFLOW = REPO / ".github" / "workflows" / "ios.yml"
+BUNDLE_SCRIPT = IOS / "scripts" / "bundle_export.py"
+SCHEMA = REPO / "dtconvert" / "manifest.schema.json"
+
+# Plain HTTP is allowed for the development host only.
+DEV_HOSTS = {"localhost", "127.0.0.1"}
+
+
+def swift_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.swift") if ".build" not in p.parts)
+
+
+def app_and_dtcore_sources() -> list[Path]:
+    """The code that must take every model detail from the manifest (tests may use fixtures)."""
+    return swift_files(APP) + swift_files(DTCORE_SOURCES)
+
+
+# ---- Swift parsing (tree-sitter-swift) ---------------------------------------------------------
+
+
+@cache
+def _parser():
+    import tree_sitter_swift
+    from tree_sitter import Language, Parser
+
+    return Parser(Language(tree_sitter_swift.language()))
+
+
+def parse(source: bytes):
+    return _parser().parse(source).root_node
+
+
+def walk(node):
+    yield node
+    for child in node.children:
+        yield from walk(child)
+
+
+def syntax_problems(source: bytes) -> list[str]:
+    """Every ERROR or MISSING node, as 'line:column: what'."""
+    problems = []
+    for node in walk(parse(source)):
+        if node.type == "ERROR" or node.is_missing:
+            line, column = node.start_point
+            kind = f"missing {node.type}" if node.is_missing else "syntax error"
+            problems.append(f"{line + 1}:{column + 1}: {kind} near {node.text[:40].decode(errors='replace')!r}")
+    return problems
+
+
+@pytest.mark.parametrize("path", swift_files(IOS), ids=lambda p: str(p.relative_to(IOS)))
+def test_every_swift_file_parses(path: Path) -> None:
+    assert syntax_problems(path.read_bytes()) == []
+
+
+def test_parse_check_reports_broken_swift() -> None:
+    assert syntax_problems(b"struct A {\n    func f() -> Int { return 1 }\n}\n") == []
+    assert syntax_problems(b"struct A {\n    func f( { return 1 }\n}\n")
+    assert syntax_problems(b"let x = [1, 2\n")
+
+
+def test_the_swift_files_are_the_ones_expected() -> None:
+    names = {p.name for p in swift_files(IOS)}
+    assert {"Package.swift", "Manifest.swift", "Preprocess.swift", "Wire.swift", "DecoderClient.swift", "TopK.swift",
+            "CoreMLEncoder.swift", "DTDemoApp.swift", "ContentView.swift"} <= names
+
+
+# ---- Codable keys against the manifest schema --------------------------------------------------
+
+
+@dataclass
+class SwiftField:
+    property: str
+    key: str  # the JSON key: the CodingKeys raw value, else the case name
+    optional: bool
+    element_type: str | None  # the struct a value decodes into (through arrays), if any
+
+
+@dataclass
+class SwiftType:
+    name: str
+    fields: list[SwiftField] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _type_name(node) -> tuple[bool, str | None]:
+    """(optional?, the named element type) of a type annotation: T, T?, [T], [T]?; maps → None."""
+    optional = node.type == "optional_type"
+    if optional:
+        node = node.child_by_field_name("wrapped")
+    if node.type == "array_type":
+        node = node.child_by_field_name("name")
+    if node.type != "user_type":
+        return optional, None
+    return optional, node.text.decode().split(".")[-1]
+
+
+def codable_types(source: bytes) -> dict[str, SwiftType]:
+    """Every Codable/Decodable struct: its stored properties and the JSON keys its CodingKeys give them."""
+    types = {}
+    for node in walk(parse(source)):
+        if node.type != "class_declaration" or node.child_by_field_name("declaration_kind").type != "struct":
+            continue
+        inherits = {c.text.decode() for c in node.children if c.type == "inheritance_specifier"}
+        if not inherits & {"Codable", "Decodable"}:
+            continue
+        swift_type = SwiftType(node.child_by_field_name("name").text.decode())
+        body = node.child_by_field_name("body")
+        stored: dict[str, tuple[bool, str | None]] = {}
+        coding_keys: dict[str, str] | None = None
+        for member in body.children:
+            if member.type == "property_declaration":
+                modifiers = member.child_by_field_name("modifiers") or next((c for c in member.children if c.type == "modifiers"), None)
+                is_static = modifiers is not None and b"static" in modifiers.text
+                annotation = next((c for c in member.children if c.type == "type_annotation"), None)
+                if is_static or member.child_by_field_name("computed_value") is not None or annotation is None:
+                    continue
+                name = member.child_by_field_name("name").text.decode()
+                stored[name] = _type_name(annotation.child_by_field_name("name"))
+            elif member.type == "class_declaration" and member.child_by_field_name("name").text.decode() == "CodingKeys":
+                coding_keys = {}
+                for entry in member.child_by_field_name("body").children:
+                    if entry.type != "enum_entry":
+                        continue
+                    case = None
+                    for part in entry.children:
+                        if part.type == "simple_identifier":
+                            case = part.text.decode()
+                            coding_keys[case] = case
+                        elif entry.field_name_for_child(list(entry.children).index(part)) == "raw_value":
+                            coding_keys[case] = part.text.decode().strip('"')
+        if coding_keys is None:
+            swift_type.problems.append(f"{swift_type.name} has no CodingKeys listing its JSON keys")
+            coding_keys = {name: name for name in stored}
+        for name in sorted(set(stored) ^ set(coding_keys)):
+            swift_type.problems.append(f"{swift_type.name}.{name} is {'not in CodingKeys' if name in stored else 'a CodingKey with no stored property'}")
+        for name, (optional, element) in stored.items():
+            if name in coding_keys:
+                swift_type.fields.append(SwiftField(name, coding_keys[name], optional, element))
+        types[swift_type.name] = swift_type
+    return types
+
+
+def _resolve(node: dict, schema: dict) -> dict:
+    while "$ref" in node:
+        assert node["$ref"].startswith("#/"), node["$ref"]
+        target = schema
+        for part in node["$ref"][2:].split("/"):
+            target = target[part]
+        node = target
+    return node
+
+
+def schema_problems(source: bytes, schema: dict) -> list[str]:
+    """Keys the Swift decodes that the schema does not have at that place, and non-optional Swift
+    properties for keys the schema does not require (a valid manifest could fail to decode)."""
+    types = codable_types(source)
+    problems = [p for t in types.values() for p in t.problems]
+    referenced = {f.element_type for t in types.values() for f in t.fields}
+    roots = [name for name in types if name not in referenced]  # decoded from the top of manifest.json
+
+    def check(type_name: str, node: dict, where: str) -> None:
+        node = _resolve(node, schema)
+        properties, required = node.get("properties", {}), set(node.get("required", []))
+        for f in types[type_name].fields:
+            path = f"{where}.{f.key}" if where else f.key
+            if f.key not in properties:
+                problems.append(f"{type_name}.{f.property} reads '{path}', which the schema does not define")
+                continue
+            if not f.optional and f.key not in required:
+                problems.append(f"{type_name}.{f.property} is not optional but the schema does not require '{path}'")
+            if f.element_type in types:
+                child = _resolve(properties[f.key], schema)
+                if child.get("type") == "array":
+                    child = child["items"]
+                check(f.element_type, child, path)
+
+    for root in roots:
+        check(root, schema, "")
+    return problems
+
+
+@cache
+def manifest_schema() -> dict:
+    return json.loads(SCHEMA.read_text(encoding="utf-8"))
+
+
+def test_codable_manifest_keys_exist_in_the_schema() -> None:
+    source = MANIFEST_SWIFT.read_bytes()
+    types = codable_types(source)
+    assert {"Manifest", "DeviceInputSpec", "Preprocessing", "WireSpec", "TaskSpec", "ArtifactEntry", "TensorSpec"} <= set(types)
+    keys = {f.key for t in types.values() for f in t.fields}
+    assert {"schema_version", "device_input", "zero_point", "bytes_per_image", "inputs", "outputs", "mean", "std"} <= keys
+    assert schema_problems(source, manifest_schema()) == []
+
+
+def test_schema_check_catches_a_made_up_key() -> None:
+    source = MANIFEST_SWIFT.read_text(encoding="utf-8")
+    assert 'case zeroPoint = "zero_point"' in source
+    made_up = source.replace('case zeroPoint = "zero_point"', 'case zeroPoint = "zero_pointt"')
+    assert schema_problems(made_up.encode(), manifest_schema()) == [
+        "WireSpec.zeroPoint reads 'wire.zero_pointt', which the schema does not define"]
+
+
+def test_schema_check_knows_where_a_key_belongs() -> None:
+    # 'scale' exists (under wire and preprocessing) but not in a task entry.
+    source = MANIFEST_SWIFT.read_text(encoding="utf-8")
+    task = "public struct TaskSpec: Codable, Sendable {\n        public let name: String\n"
+    assert task in source
+    misplaced = source.replace(task, task + "        public let scale: Double\n").replace(
+        "            case labels\n", "            case labels\n            case scale\n", 1)
+    assert schema_problems(misplaced.encode(), manifest_schema()) == [
+        "TaskSpec.scale reads 'tasks.scale', which the schema does not define"]
+
+
+def test_schema_check_catches_a_property_missing_from_coding_keys() -> None:
+    source = MANIFEST_SWIFT.read_text(encoding="utf-8")
+    dropped = source.replace('            case bytesPerImage = "bytes_per_image"\n', "", 1)
+    assert schema_problems(dropped.encode(), manifest_schema()) == ["WireSpec.bytesPerImage is not in CodingKeys"]
+
+
+# ---- no UIKit in DTCore ----------------------------------------------------------------------------
+
+
+def imported_modules(source: bytes) -> set[str]:
+    modules = set()
+    for node in walk(parse(source)):
+        if node.type == "import_declaration":
+            identifier = next(c for c in node.children if c.type == "identifier")
+            modules.add(identifier.text.decode().split(".")[0])
+    return modules
+
+
+UI_FRAMEWORKS = {"UIKit", "SwiftUI", "AppKit"}
+
+
+def test_dtcore_imports_no_ui_framework() -> None:
+    for path in swift_files(DTCORE_SOURCES):
+        assert not imported_modules(path.read_bytes()) & UI_FRAMEWORKS, path.name
+    assert "UIKit" in imported_modules((APP / "CameraPicker.swift").read_bytes())  # the check sees imports
+
+
+def test_import_check_catches_uikit() -> None:
+    assert imported_modules(b"import Foundation\n#if canImport(UIKit)\nimport UIKit\n#endif\n") & UI_FRAMEWORKS == {"UIKit"}
+
+
+# ---- nothing about the model written in code ------------------------------------------------------
+
+STRING_LITERALS = {"line_string_literal", "multi_line_string_literal", "raw_string_literal"}
+ARTIFACT_FILE = re.compile(r"[A-Za-z0-9_-]+\.(mlpackage|mlmodelc|mlmodel|pte|tflite|pt|onnx|npy|safetensors|bin)\b")
+URL_SCHEME = re.compile(r"\b[a-z][a-z0-9+.-]*://")
+IPV4 = re.compile(r"\b\d{1,3}(\.\d{1,3}){3}\b")
+HOST_PORT = re.compile(r"\blocalhost:\d+")
+
+
+@cache
+def model_words() -> frozenset[str]:
+    """Names that belong to a model, not to the app: recipe names, their task names and the
+    tensor names the exporter gives (dtconvert/targets/__init__.py, read without importing torch)."""
+    words = set()
+    for recipe in (REPO / "recipes").glob("*.yaml"):
+        words.add(recipe.stem)
+        words.update(yaml.safe_load(recipe.read_text(encoding="utf-8")).get("tasks", []))
+    tree = ast.parse((REPO / "dtconvert" / "targets" / "__init__.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Tuple):
+            names = [t.id for t in node.targets[0].elts] if isinstance(node.targets[0], ast.Tuple) else []
+            if "INPUT_NAME" in names:
+                words.update(v.value for v in node.value.elts)
+    assert {"digits", "digit", "odd", "image", "wire"} <= words
+    return frozenset(words)
+
+
+def hardcoded_problems(source: bytes) -> list[str]:
+    """String literals naming an artifact file, a URL, an IP address or a model's own names, and
+    integer array literals that look like a tensor shape; "manifest.json" is the one allowed name."""
+    problems = []
+    for node in walk(parse(source)):
+        line = node.start_point[0] + 1
+        if node.type in STRING_LITERALS:
+            text = node.text.decode()
+            content = text.strip('#"')
+            if content == "manifest.json":
+                continue
+            found = [what for pattern, what in ((ARTIFACT_FILE, "an artifact file name"), (URL_SCHEME, "a URL"),
+                                                (IPV4, "an IP address"), (HOST_PORT, "a host and port")) if pattern.search(content)]
+            if content in model_words():
+                found.append("a model's own name")
+            if found:
+                problems.append(f"line {line}: {text} is {' and '.join(found)}")
+        elif node.type == "array_literal":
+            elements = [c for c in node.children if node.field_name_for_child(list(node.children).index(c)) == "element"]
+            if len(elements) >= 3 and all(e.type == "integer_literal" for e in elements):
+                problems.append(f"line {line}: {node.text.decode()} looks like a tensor shape")
+    return problems
+
+
+@pytest.mark.parametrize("path", app_and_dtcore_sources(), ids=lambda p: str(p.relative_to(IOS)))
+def test_no_model_file_name_shape_url_or_label_in_code(path: Path) -> None:
+    assert hardcoded_problems(path.read_bytes()) == []
+
+
+def test_manifest_json_is_named_once() -> None:
+    named = [p.name for p in app_and_dtcore_sources() if b'"manifest.json"' in p.read_bytes()]
+    assert named == ["Manifest.swift"]
+
+
+def test_hardcoded_check_catches_names_shapes_and_urls() -> None:
+    snippet = b"""
+    let package = bundle.url(forResource: "digits_encoder_coreml_int8.mlpackage", withExtension: nil)
+    let server = URL(string: "http://localhost:8080")!
+    let lan = "192.168.1.20"
+    let shape = [1, 1, 16, 16]
+    let feature = "image"
+    let labels = ["even", "odd"]
+    let fine = "\\(sha).mlmodelc"
+    let entry = "manifest.json"
+    """
+    problems = hardcoded_problems(snippet)
+    assert len(problems) == 6, problems
+    assert [p.split(": ", 1)[0] for p in problems] == ["line 2", "line 3", "line 4", "line 5", "line 6", "line 7"]
+
+
+def test_no_placeholder_todos() -> None:
+    for path in sorted(IOS.rglob("*")):
+        if path.is_file() and path.suffix in {".swift", ".py", ".plist", ".pbxproj", ".md", ".yml", ".xcscheme"}:
+            assert not re.search(r"\b(TODO|FIXME|XXX)\b", path.read_text(encoding="utf-8")), path
+    assert not re.search(r"\b(TODO|FIXME|XXX)\b", WORKFLOW.read_text(encoding="utf-8"))
+
+
+# ---- the Xcode project (pbxproj) ----------------------------------------------------------------------
+
+
+@cache
+def project():
+    from pbxproj import XcodeProject
+
+    return XcodeProject.load(str(PBXPROJ))
+
+
+def app_target():
+    targets = [t for t in project().objects.get_objects_in_section("PBXNativeTarget") if t.productType == "com.apple.product-type.application"]
+    assert [t.name for t in targets] == ["DTDemo"]
+    return targets[0]
+
+
+def configurations(list_id: str) -> dict[str, dict]:
+    """Build settings by configuration name, as plain dicts."""
+    objects = project().objects
+    result = {}
+    for config_id in objects[list_id].buildConfigurations:
+        settings = objects[config_id].buildSettings
+        result[objects[config_id].name] = {key: settings[key] for key in settings.get_keys()}
+    return result
+
+
+def phase(isa: str):
+    objects = project().objects
+    found = [objects[p] for p in app_target().buildPhases if objects[p].isa == isa]
+    assert len(found) == 1, isa
+    return found[0]
+
+
+def phase_files(isa: str) -> list:
+    objects = project().objects
+    return [objects[b] for b in phase(isa).files]
+
+
+def group_paths() -> dict[str, Path]:
+    """Every object reachable from the main group → its path on disk (groups and files, '<group>'-relative)."""
+    objects = project().objects
+    root = objects[project().rootObject]
+    paths = {}
+
+    def visit(object_id: str, parent: Path) -> None:
+        node = objects[object_id]
+        relative = node["path"]  # the main group and named groups have none
+        path = parent / relative if node.sourceTree == "<group>" and relative else parent
+        paths[object_id] = path
+        for child in node["children"] or []:
+            visit(child, path)
+
+    visit(root.mainGroup, IOS)
+    return paths
+
+
+def test_xcode_project_has_an_ios17_swiftui_app_target() -> None:
+    target = app_target()
+    root = project().objects[project().rootObject]
+    project_configs = configurations(root.buildConfigurationList)
+    target_configs = configurations(target.buildConfigurationList)
+    assert set(project_configs) == set(target_configs) == {"Debug", "Release"}
+    for name in ("Debug", "Release"):
+        settings = {**project_configs[name], **target_configs[name]}
+        assert settings["IPHONEOS_DEPLOYMENT_TARGET"] == "17.0"
+        assert settings["SDKROOT"] == "iphoneos"
+        assert settings["INFOPLIST_FILE"] == "DTDemo/Info.plist"
+        assert settings["PRODUCT_BUNDLE_IDENTIFIER"]
+    sources = {project().objects[b.fileRef].path for b in phase_files("PBXSourcesBuildPhase")}
+    assert sources == {p.name for p in swift_files(APP)}  # every app Swift file compiles, nothing else
+    assert "@main" in (APP / "DTDemoApp.swift").read_text(encoding="utf-8")
+
+
+def test_xcode_project_references_the_dtcore_package_and_product() -> None:
+    objects = project().objects
+    root = objects[project().rootObject]
+    [package] = [objects[p] for p in root.packageReferences]
+    assert package.isa == "XCLocalSwiftPackageReference"
+    assert (IOS / package.relativePath / "Package.swift").is_file()
+    [product] = [objects[d] for d in app_target().packageProductDependencies]
+    assert product.isa == "XCSwiftPackageProductDependency"
+    assert product.productName == "DTCore" and product.package == package.get_id()
+    assert [b.productRef for b in phase_files("PBXFrameworksBuildPhase")] == [product.get_id()]
+    assert '.library(name: "DTCore"' in (DTCORE / "Package.swift").read_text(encoding="utf-8")
+
+
+def test_xcode_project_bundles_the_export_as_a_folder_reference() -> None:
+    objects = project().objects
+    resources = [objects[b.fileRef] for b in phase_files("PBXResourcesBuildPhase")]
+    [export] = [r for r in resources if r.lastKnownFileType == "folder"]
+    export_path = group_paths()[export.get_id()]
+    assert export_path == APP / "Export" and export_path.is_dir()
+    plist = plistlib.loads(INFO_PLIST.read_bytes())
+    assert plist["DTExportFolder"] == export.path  # the app finds the folder by this key
+    # The Run Script phase fills the folder from DT_EXPORT_DIR before Resources copies it.
+    order = [objects[p].isa for p in app_target().buildPhases]
+    assert order.index("PBXShellScriptBuildPhase") < order.index("PBXResourcesBuildPhase")
+    script = phase("PBXShellScriptBuildPhase").shellScript
+    assert "scripts/bundle_export.py" in script and "${DT_EXPORT_DIR}" in script and "DTDemo/Export" in script
+    for settings in configurations(app_target().buildConfigurationList).values():
+        assert settings["DT_EXPORT_DIR"] and settings["ENABLE_USER_SCRIPT_SANDBOXING"] == "NO"
+    # Info.plist is processed, never copied as a resource.
+    assert "Info.plist" not in {r.path for r in resources}
+
+
+def test_xcode_project_file_references_exist_on_disk() -> None:
+    objects = project().objects
+    paths = group_paths()
+    for ref in objects.get_objects_in_section("PBXFileReference"):
+        if ref.sourceTree == "BUILT_PRODUCTS_DIR":
+            continue
+        assert ref.get_id() in paths, f"{ref.path} is in no group"
+        assert paths[ref.get_id()].exists(), paths[ref.get_id()]
+
+
+def test_xcode_project_ids_and_form() -> None:
+    text = PBXPROJ.read_text(encoding="utf-8")
+    defined = re.findall(r"^\t\t([0-9A-F]{24}) (?:/\*.*?\*/ )?= \{", text, flags=re.MULTILINE)
+    assert len(defined) == len(set(defined)) == len(project().objects.get_keys())
+    referenced = set(re.findall(r"\b[0-9A-F]{24}\b", text))
+    assert referenced == set(defined), f"dangling ids: {referenced - set(defined)}"
+    assert "objectVersion = 60;" in text
+    # pbxproj writes what Xcode writes: the file is in Xcode's own form, so Xcode will not rewrite it.
+    assert str(project()).rstrip("\n") == text.rstrip("\n")
+
+
+def test_shared_scheme_builds_the_app_target() -> None:
+    scheme = ElementTree.parse(SCHEME).getroot()
+    references = scheme.findall(".//BuildableReference")
+    assert references and {r.get("BlueprintIdentifier") for r in references} == {app_target().get_id()}
+    assert {r.get("BuildableName") for r in references} == {"DTDemo.app"}
+    assert {r.get("ReferencedContainer") for r in references} == {"container:DTDemo.xcodeproj"}
+    assert (IOS / "DTDemo.xcodeproj" / "project.xcworkspace" / "contents.xcworkspacedata").is_file()
+
+
+# ---- Info.plist -------------------------------------------------------------------------------------------
+
+
+def ats_problems(plist: dict) -> list[str]:
+    """App Transport Security may open plain HTTP to the development host only."""
+    ats = plist.get("NSAppTransportSecurity", {})
+    problems = [f"{key} opens more than the development host" for key in
+                ("NSAllowsArbitraryLoads", "NSAllowsArbitraryLoadsInWebContent", "NSAllowsArbitraryLoadsForMedia") if ats.get(key)]
+    domains = ats.get("NSExceptionDomains", {})
+    if not domains:
+        problems.append("no NSExceptionDomains: the development server cannot be reached over HTTP")
+    for domain, exception in domains.items():
+        if domain not in DEV_HOSTS:
+            problems.append(f"exception for {domain}, which is not the development host")
+        if exception.get("NSIncludesSubdomains"):
+            problems.append(f"exception for {domain} includes subdomains")
+        if exception.get("NSExceptionAllowsInsecureHTTPLoads") is not True:
+            problems.append(f"exception for {domain} does not allow HTTP")
+    return problems
+
+
+def test_info_plist_allows_http_to_the_development_host_only() -> None:
+    plist = plistlib.loads(INFO_PLIST.read_bytes())
+    assert ats_problems(plist) == []
+    assert plist["NSCameraUsageDescription"] and plist["NSLocalNetworkUsageDescription"]
+
+
+def test_ats_check_catches_wider_exceptions() -> None:
+    wide = {"NSAppTransportSecurity": {"NSAllowsArbitraryLoads": True, "NSExceptionDomains": {
+        "localhost": {"NSExceptionAllowsInsecureHTTPLoads": True}, "example.com": {"NSExceptionAllowsInsecureHTTPLoads": True}}}}
+    assert ats_problems(wide) == ["NSAllowsArbitraryLoads opens more than the development host",
+                                  "exception for example.com, which is not the development host"]
+
+
+def test_default_server_url_is_a_build_setting_on_the_development_host() -> None:
+    plist = plistlib.loads(INFO_PLIST.read_bytes())
+    assert plist["DTServerURL"] == "$(DT_SERVER_URL)"
+    for settings in configurations(app_target().buildConfigurationList).values():
+        url = urlparse(settings["DT_SERVER_URL"])
+        assert url.scheme == "http" and url.hostname in plist["NSAppTransportSecurity"]["NSExceptionDomains"]
+    for path in (APP / "ContentView.swift", APP / "SettingsView.swift"):
+        assert "@AppStorage(SettingsKey.serverURL) private var serverURL = AppConfig.defaultServerURL" in path.read_text(encoding="utf-8")
+
+
+# ---- the CI workflow ------------------------------------------------------------------------------------
+
+
+def test_workflow_runs_swift_test_and_builds_the_app() -> None:
+    workflow = yaml.safe_load(WORKFLOW.read_text(encoding="utf-8"))
+    triggers = workflow.get("on", workflow.get(True))  # YAML 1.1 reads a bare `on` as true
+    assert triggers
+    [job] = workflow["jobs"].values()
+    assert str(job["runs-on"]).startswith("macos")
+    steps = job["steps"]
+    runs = "\n".join(step.get("run", "") for step in steps)
+    assert "pip install -e ." in runs
+    assert re.search(r"dtconvert export \S+ --target coreml --out (\S+)", runs)
+    [swift_test] = [s for s in steps if "swift test" in s.get("run", "")]
+    assert swift_test["working-directory"] == "ios_demo/DTCore"
+    assert swift_test["env"]["DT_GOLDEN_DIR"].endswith("tests/golden/wire")
+    assert swift_test["env"]["DT_EXPORT_DIR"].endswith("export/digits")
+    [build] = [s for s in steps if "xcodebuild build" in s.get("run", "")]
+    assert "-scheme DTDemo" in build["run"] and "iOS Simulator" in build["run"] and "DT_EXPORT_DIR=" in build["run"]
+
+
+# ---- scripts/bundle_export.py (what the Run Script phase runs) --------------------------------------
+
+
+def _fake_export(root: Path) -> Path:
+    """A small export of the real layout: a Core ML package, a TFLite file, golden files."""
+    import hashlib
+
+    def put(relative: str, data: bytes) -> str:
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return hashlib.sha256(data).hexdigest()
+
+    package = {name: put(f"m_encoder_coreml_int8.mlpackage/{name}", data)
+               for name, data in {"Manifest.json": b"{}", "Data/com.apple.CoreML/model.mlmodel": b"program"}.items()}
+    manifest = {
+        "schema_version": 1,
+        "artifacts": [
+            {"path": "m_encoder_coreml_int8.mlpackage", "kind": "directory", "part": "device", "target": "coreml",
+             "precision": "int8", "bytes": 9, "sha256": "0" * 64, "files": package},
+            {"path": "m_encoder_tflite_int8.tflite", "kind": "file", "part": "device", "target": "tflite",
+             "precision": "int8", "bytes": 6, "sha256": put("m_encoder_tflite_int8.tflite", b"tflite")},
+        ],
+        "golden": {"path": "golden", "count": 1, "files": {"input.npy": put("golden/input.npy", b"npy")}},
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def _bundle(export: Path, dest: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BUNDLE_SCRIPT), str(export), str(dest)], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_bundle_script_copies_what_the_manifest_lists(tmp_path: Path) -> None:
+    export = _fake_export(tmp_path / "export")
+    dest = tmp_path / "Export"
+    dest.mkdir()
+    (dest / ".gitignore").write_text("*\n")
+    (dest / "stale.txt").write_text("from an older export")
+    result = _bundle(export, dest)
+    assert result.returncode == 0, result.stderr
+    copied = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    assert copied == [".gitignore", "golden/input.npy", "m_encoder_coreml_int8.mlpackage/Data/com.apple.CoreML/model.mlmodel",
+                      "m_encoder_coreml_int8.mlpackage/Manifest.json", "manifest.json"]
+    assert "up to date" in _bundle(export, dest).stdout
+
+
+def test_bundle_script_refuses_a_corrupt_export(tmp_path: Path) -> None:
+    export = _fake_export(tmp_path / "export")
+    dest = tmp_path / "Export"
+    assert _bundle(export, dest).returncode == 0
+    (export / "m_encoder_coreml_int8.mlpackage" / "Data" / "com.apple.CoreML" / "model.mlmodel").write_bytes(b"changed")
+    (export / "manifest.json").write_text((export / "manifest.json").read_text().replace('"count": 1', '"count": 2'))
+    result = _bundle(export, dest)
+    assert result.returncode == 1 and result.stderr.startswith("error: ") and "sha256" in result.stderr
+    assert '"count": 1' in (dest / "manifest.json").read_text()  # the previous bundle is left whole
+    shutil.rmtree(export)
+    assert _bundle(export, tmp_path / "Empty").returncode == 1
+
+
+# ---- the README --------------------------------------------------------------------------------------
+
+
+def test_readme_walks_from_export_to_a_running_app() -> None:
+    readme = (IOS / "README.md").read_text(encoding="utf-8")
+    steps = re.findall(r"^(\d+)\. ", readme, flags=re.MULTILINE)
+    assert len(steps) >= 5 and steps[:5] == ["1", "2", "3", "4", "5"]
+    for needed in ("dtconvert train", "dtconvert export", "dtconvert serve export/digits --host 0.0.0.0 --port 8080",
+                   "```mermaid", "swift test", "xcodebuild", "parse check"):
+        assert needed in readme, needed
