@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -249,6 +250,87 @@ def _print_verify_table(report) -> None:
     Console().print(table)
 
 
+@app.command()
+@user_errors
+def serve(
+    export_dir: Path = typer.Argument(..., help="A directory written by 'dtconvert export'."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface)."),
+    port: int = typer.Option(8080, "--port", min=0, max=65535, help="TCP port (0: pick a free one and print it)."),
+    max_batch: int = typer.Option(32, "--max-batch", min=1, help="Most images decoded together (1 turns micro-batching off)."),
+    max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0.0, help="Longest wait for more requests after the first of a batch."),
+    max_body: Optional[int] = typer.Option(None, "--max-body-bytes", min=64, help="Largest accepted request body (default: header + max(4, max-batch) images)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Decoder threads (default: one per core but one, left to the HTTP event loop)."),
+) -> None:
+    """Serve the cloud decoder over HTTP: POST /v1/decode, GET /healthz, /v1/model, /metrics.
+
+    Example: dtconvert serve export/digits --port 8080
+    """
+    from dtconvert.server import serve as run_server
+
+    run_server(export_dir, host, port, max_batch, max_wait_ms, max_body, threads, announce=lambda line: typer.echo(line))
+
+
+@app.command()
+@user_errors
+def client(
+    export_dir: Path = typer.Argument(..., help="The export directory the server was started on."),
+    target: str = typer.Option("executorch", "--target", "-t", help="Device runtime: executorch or tflite."),
+    url: str = typer.Option("http://127.0.0.1:8080", "--url", help="The 'dtconvert serve' base URL."),
+    images: Optional[Path] = typer.Option(None, "--images", help="A folder of images (sub-folders named after the first task's labels give accuracy)."),
+    digits: Optional[int] = typer.Option(None, "--digits", min=1, help="Use the first N held-out digits (models trained on digits); accuracy per task."),
+    top_k: int = typer.Option(3, "--top-k", min=1, help="Labels per task to ask for."),
+    json_report: Optional[Path] = typer.Option(None, "--json", help="Write every prediction and timing to this JSON file."),
+) -> None:
+    """The reference device client: encode on-device, send the int8 wire, print the cloud's predictions.
+
+    Example: dtconvert client export/digits --target tflite --digits 50
+    """
+    if (images is None) == (digits is None):
+        raise UserError("pass one of --images DIR or --digits N")
+    if images is not None and not images.is_dir():
+        raise UserError(f"--images {images}: not a directory")
+
+    from rich.console import Console
+
+    from dtconvert.client import ServerError, client_images, run_client
+    from dtconvert.manifest import load_manifest
+
+    console = Console(stderr=True)
+    manifest = load_manifest(export_dir)
+    pictures, labels, names = client_images(export_dir, manifest, images, digits)
+    console.print(f"{len(pictures)} images → {target} encoder → {url}/v1/decode", highlight=False)
+    try:
+        report = run_client(export_dir, target, url, pictures, labels, names, top_k=top_k)
+    except ServerError as e:
+        _fail(str(e), code=1)
+    _print_client_report(report, manifest)
+    if json_report is not None:
+        from dtconvert.checkpoint import atomic_write
+
+        atomic_write(json_report, lambda tmp: tmp.write_text(json.dumps(report.to_json(), indent=2) + "\n"))
+
+
+def _print_client_report(report, manifest: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    tasks = [t["name"] for t in manifest["tasks"]]
+    console = Console()
+    if len(report.images) <= 20:
+        table = Table(title=f"{report.runtime} → {report.url}")
+        for column in ("image", *tasks, "payload B", "device ms", "round trip ms"):
+            table.add_column(column, justify="right" if column[0] in "pdr" else "left")
+        for name, p, b, d, r in zip(report.images, report.predictions, report.payload_bytes, report.device_ms, report.rtt_ms):
+            table.add_row(name, *(f"{p[t][0]['label']} ({p[t][0]['score']:.2f})" if t in p else "-" for t in tasks),
+                          str(b), f"{d:.2f}", f"{r:.2f}")
+        console.print(table)
+    s = report.summary()
+    accuracy = ", ".join(f"{t} {a:.2%}" for t, a in s["accuracy"].items()) or "no labels"
+    typer.echo(f"{s['images']} images via {report.runtime}: accuracy {accuracy}; payload {s['payload_bytes']} B/image; "
+               f"device p50 {s['device_ms']['p50']:.2f} ms; round trip p50 {s['rtt_ms']['p50']:.2f} ms, "
+               f"p95 {s['rtt_ms']['p95']:.2f} ms (server p50 {s['server_ms']['p50']:.2f} ms)")
+
+
 def _print_export_summary(export_dir: Path, manifest: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -276,7 +358,7 @@ def demo(
     retrain: bool = typer.Option(False, "--retrain", help="Train again even if a checkpoint of the same recipe exists."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """End to end on the bundled digits: train (or reuse the checkpoint), export every target, verify.
+    """End to end on the bundled digits: train (or reuse), export every target, verify, serve, run the client.
 
     Example: dtconvert demo
     """
@@ -311,37 +393,55 @@ def demo(
     except ExportFailed as e:
         _fail(f"{e} (full log: {e.log})", code=1)
     _print_export_summary(export_dir, manifest)
-    _print_demo_parity(manifest)
     verification = manifest["verification"]
     if not verification["passed"]:
         first = verification["failed"][0]
         _fail(f"verification failed: {first['artifact']} {first['runtime']} {first['check']}: {first['detail']}", code=1)
-    typer.echo(f"all {verification['checks']} verification checks passed; export in {export_dir}")
+    console.print(f"verified: all {verification['checks']} checks passed on {verification['samples']} held-out images", highlight=False)
+
+    from dtconvert.client import client_images, run_client
+    from dtconvert.server import BackgroundServer
+
+    console.rule("3. serve the cloud decoder on loopback; the reference client sends every held-out digit")
+    images, labels, names = client_images(export_dir, manifest, None, None)
+    reports = []
+    with BackgroundServer(export_dir) as server:
+        console.print(f"dtconvert serve {export_dir} listening on {server.url}", highlight=False)
+        for target in ("executorch", "tflite"):
+            started = time.perf_counter()
+            reports.append(run_client(export_dir, target, server.url, images, labels, names))
+            console.print(f"✓ {reports[-1].runtime}: {len(images)} requests ({time.perf_counter() - started:.1f} s)", highlight=False)
+    console.print("server stopped", highlight=False)
+    _print_demo_table(manifest, reports)
+    typer.echo(f"export in {export_dir}; serve it with: dtconvert serve {export_dir}")
 
 
-def _print_demo_parity(manifest: dict) -> None:
+def _print_demo_table(manifest: dict, reports: list) -> None:
+    """One row per path from pixels to predictions: accuracy per task, bytes sent, latency."""
     from rich.console import Console
     from rich.table import Table
 
     tasks = [t["name"] for t in manifest["tasks"]]
-    table = Table(title=f"held-out accuracy per path ({manifest['verification']['samples']} images, int8 wire of {manifest['wire']['bytes_per_image']} B)")
-    table.add_column("path")
-    for task in tasks:
-        table.add_column(task, justify="right")
-    table.add_column("wire SQNR", justify="right")
-    fp32_row = None
-    for artifact, per_runtime in manifest["verification"]["metrics"].items():
+    verification = manifest["verification"]
+    table = Table(title=f"{verification['samples']} held-out digits: device encoder → int8 wire → cloud decoder")
+    for column in ("path", *tasks, "bytes sent", "device ms", "round trip ms"):
+        table.add_column(column, justify="left" if column == "path" else "right")
+    for r in reports:
+        s = r.summary()
+        table.add_row(f"{r.runtime.split()[0]} → HTTP", *(f"{s['accuracy'][t]:.2%}" for t in tasks), str(s["payload_bytes"]),
+                      f"{s['device_ms']['p50']:.2f}", f"{s['rtt_ms']['p50']:.1f} / {s['rtt_ms']['p95']:.1f}")
+    fp32 = None
+    for artifact, per_runtime in verification["metrics"].items():
         for runtime, numbers in per_runtime.items():
-            accuracies = [numbers["tasks"][t].get("accuracy") for t in tasks]
-            if fp32_row is None:
-                fp32_row = [numbers["tasks"][t].get("fp32_accuracy") for t in tasks]
-            sqnr = numbers.get("wire", {}).get("sqnr_db")
-            path = "fp32 encoder → int8 wire → decoder" if runtime == "TorchScript" else f"{runtime} → int8 wire → decoder"
-            table.add_row(path, *(f"{a:.2%}" if a is not None else "-" for a in accuracies),
-                          f"{sqnr:.1f} dB" if sqnr is not None else "-")
-    if fp32_row is not None:
-        table.add_row("fp32 PyTorch (unsplit)", *(f"{a:.2%}" if a is not None else "-" for a in fp32_row), "-")
+            fp32 = fp32 or [numbers["tasks"][t].get("fp32_accuracy") for t in tasks]
+            if runtime.startswith(("MIL", "Core ML")):
+                message = 32 + 4 * len(manifest["wire"]["shape"]) + manifest["wire"]["bytes_per_image"]
+                table.add_row(f"Core ML ({runtime})*", *(f"{numbers['tasks'][t]['accuracy']:.2%}" for t in tasks), str(message), "-", "-")
+    if fp32 is not None:
+        table.add_row("fp32, unsplit", *(f"{a:.2%}" if a is not None else "-" for a in fp32), "-", "-", "-")
     Console().print(table)
+    typer.echo("device ms and round trip ms are medians (p50 / p95 for the round trip); bytes sent = wire header + int8 tensor.\n"
+               "* Core ML predicts only on Apple hardware: here its MIL program ran in dtconvert's reference interpreter, in-process (dtconvert verify).")
 
 
 def run() -> None:

@@ -33,6 +33,7 @@ VERSION = 1
 FIXED = struct.Struct("<4sHH8sIBBHfi")  # 32 bytes
 DTYPES = {1: np.int8}
 MAX_RANK = 8
+CONTENT_TYPE = "application/octet-stream"  # the HTTP media type of a wire message
 
 
 class WireFormatError(ValueError):

@@ -16,7 +16,7 @@ HEAVY = ("torch", "tensorflow", "executorch", "coremltools", "onnx", "sklearn")
 
 
 @pytest.mark.cli
-@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["info", "--help"], ["demo", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["info", "--help"], ["demo", "--help"], ["serve", "--help"], ["client", "--help"]])
 def test_help_imports_no_heavy_library(argv):
     code = (
         "import sys\nfrom dtconvert.cli import app\n"
@@ -38,7 +38,7 @@ def test_twin_heavy_import_detection_works():
 def test_console_script_help_lists_commands():
     done = run_cli("--help")
     assert done.returncode == 0
-    for command in ("train", "info", "demo"):
+    for command in ("train", "info", "export", "verify", "serve", "client", "demo"):
         assert command in done.stdout
 
 
@@ -80,8 +80,17 @@ def test_demo_reuses_a_checkpoint_of_the_same_recipe(digits_ckpt, tmp_path):
     (tmp_path / "digits" / "ckpt.pt").write_bytes(digits_ckpt.read_bytes())
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "-q"], env={"COLUMNS": "120"})
     assert result.exit_code == 0, result.output
-    assert "reusing" in result.stderr and "digit" in result.stdout
-    assert "all" in result.stdout and "verification checks passed" in result.stdout
+    assert "reusing" in result.stderr and "verified: all" in result.stderr
+    # The served paths: both device runtimes reached the real server and scored what verify did.
+    rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if "→ HTTP" in line}
+    assert set(rows) == {"ExecuTorch → HTTP", "LiteRT → HTTP"}, result.stdout
+    manifest = json.loads(next((tmp_path / "export").glob("*/manifest.json")).read_text())
+    verified = manifest["verification"]["metrics"]
+    for runtime, row in zip(("ExecuTorch XNNPACK", "LiteRT XNNPACK"), (rows["ExecuTorch → HTTP"], rows["LiteRT → HTTP"])):
+        numbers = next(v[runtime] for v in verified.values() if runtime in v)
+        cells = [c.strip() for c in row.split("│")[2:4]]
+        assert cells == [f"{numbers['tasks'][t]['accuracy']:.2%}" for t in ("digit", "odd")], (row, numbers)
+    assert "server stopped" in result.stderr
 
 
 def _assert_one_line_error(done, *needles):

@@ -1,0 +1,187 @@
+"""``dtconvert client``: the reference device client, doing exactly what the demo apps do.
+
+Per image: preprocess per the manifest, run the device artifact in its real runtime
+(ExecuTorch or LiteRT), quantize its output with the manifest's wire scale and zero point,
+encode a wire-format message, POST it to ``/v1/decode`` and read the predictions. It measures
+the on-device time, the payload bytes and the round-trip time of each request.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from dtconvert.errors import UserError
+from dtconvert.wire import CONTENT_TYPE
+
+CLIENT_TARGETS = {"executorch": "ExecuTorch XNNPACK", "tflite": "LiteRT XNNPACK"}
+
+
+class ServerError(Exception):
+    """The server answered with an error; the message is its own."""
+
+
+class DecoderClient:
+    """One keep-alive HTTP connection to a ``dtconvert serve`` instance."""
+
+    def __init__(self, url: str, timeout: float = 30.0) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UserError(f"--url {url!r}: expected http://HOST:PORT or https://HOST:PORT")
+        self.url = url.rstrip("/")
+        self.base = parts.path.rstrip("/")
+        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        self.connection = cls(parts.hostname, parts.port, timeout=timeout)
+
+    def _request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict]:
+        for attempt in (0, 1):  # one reconnect: a keep-alive connection the server closed while idle
+            try:
+                self.connection.request(method, self.base + path, body=body, headers=headers or {})
+                response = self.connection.getresponse()
+                data = response.read()
+                break
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                self.connection.close()
+                if attempt:
+                    raise ServerError(f"{self.url}: the server closed the connection")
+            except (ConnectionRefusedError, OSError) as e:
+                self.connection.close()
+                raise UserError(f"cannot reach the decoder server at {self.url}: {e.strerror or e}") from None
+        try:
+            answer = json.loads(data)
+        except ValueError:
+            raise ServerError(f"{self.url}{path}: HTTP {response.status}, not a JSON answer") from None
+        return response.status, answer
+
+    def model(self) -> dict:
+        status, answer = self._request("GET", "/v1/model")
+        if status != 200:
+            raise ServerError(f"{self.url}/v1/model: HTTP {status}: {answer.get('error', answer)}")
+        return answer
+
+    def decode(self, message: bytes, top_k: int = 3) -> tuple[dict, float]:
+        """POST one wire message; return the JSON answer and the round-trip time in ms."""
+        started = time.perf_counter()
+        status, answer = self._request("POST", f"/v1/decode?top_k={top_k}", message, {"Content-Type": CONTENT_TYPE})
+        rtt_ms = (time.perf_counter() - started) * 1000.0
+        if status != 200:
+            raise ServerError(f"server answered HTTP {status}: {answer.get('error', answer)}")
+        return answer, rtt_ms
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+@dataclass
+class ClientReport:
+    target: str
+    runtime: str
+    url: str
+    images: list[str]
+    predictions: list[dict] = field(default_factory=list)
+    payload_bytes: list[int] = field(default_factory=list)
+    device_ms: list[float] = field(default_factory=list)
+    rtt_ms: list[float] = field(default_factory=list)
+    server_ms: list[float] = field(default_factory=list)
+    accuracy: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        def pct(values, q):
+            return round(float(np.percentile(values, q)), 3) if values else None
+
+        return {
+            "target": self.target, "runtime": self.runtime, "url": self.url, "images": len(self.images),
+            "accuracy": self.accuracy,
+            "payload_bytes": int(np.median(self.payload_bytes)) if self.payload_bytes else None,
+            "device_ms": {"p50": pct(self.device_ms, 50), "p95": pct(self.device_ms, 95)},
+            "rtt_ms": {"p50": pct(self.rtt_ms, 50), "p95": pct(self.rtt_ms, 95)},
+            "server_ms": {"p50": pct(self.server_ms, 50), "p95": pct(self.server_ms, 95)},
+        }
+
+    def to_json(self) -> dict:
+        return {"summary": self.summary(), "results": [
+            {"image": name, "predictions": p, "payload_bytes": b, "device_ms": round(d, 3), "rtt_ms": round(r, 3)}
+            for name, p, b, d, r in zip(self.images, self.predictions, self.payload_bytes, self.device_ms, self.rtt_ms)
+        ]}
+
+
+def device_runner(export_dir: Path, manifest: dict, target: str):
+    """The device artifact for ``target`` in its runtime: a function (1, C, H, W) → float wire."""
+    if target not in CLIENT_TARGETS:
+        raise UserError(f"--target must be one of {', '.join(CLIENT_TARGETS)}, got {target!r} (Core ML runs only on iOS/macOS)")
+    entries = [a for a in manifest["artifacts"] if a["part"] == "device" and a["target"] == target]
+    if not entries:
+        have = sorted(a["target"] for a in manifest["artifacts"] if a["part"] == "device")
+        raise UserError(f"{export_dir}: the export has no {target} device artifact (it has: {', '.join(have) or 'none'})")
+    path = export_dir / entries[0]["path"]
+    if not path.exists():
+        raise UserError(f"{path}: the device artifact the manifest lists is missing")
+    if target == "executorch":
+        from dtconvert.targets import load_target
+
+        return load_target("executorch").runner(path)
+    from dtconvert.targets.tflite import make_runner
+
+    return make_runner(path)
+
+
+def client_images(export_dir: Path, manifest: dict, folder: Path | None, digits: int | None):
+    """(images (N, C, H, W) float32, labels (N, tasks) or None, names) as the apps would preprocess them."""
+    from dtconvert.verify import heldout_data
+
+    if folder is not None:
+        from dtconvert.data import image_files
+
+        images, labels, _ = heldout_data(manifest, folder, False, None)
+        names = [str(p.relative_to(folder)) for p in image_files(folder)]
+        return images, labels, names
+    images, labels, _ = heldout_data(manifest, None, True, digits)
+    index = manifest["data"]["heldout"]
+    return images, labels, [f"held-out #{i}" for i in index[: len(images)]]
+
+
+def run_client(export_dir: Path, target: str, url: str, images: np.ndarray, labels: np.ndarray | None, names: list[str],
+               top_k: int = 3, progress=None) -> ClientReport:
+    from dtconvert.manifest import load_manifest
+    from dtconvert.quantize import quantize_wire
+    from dtconvert.wire import encode_payload
+
+    manifest = load_manifest(export_dir)
+    run = device_runner(export_dir, manifest, target)
+    wire = manifest["wire"]
+    scale, zero_point, model_id = float(np.float32(wire["scale"])), int(wire["zero_point"]), manifest["model"]["id"]
+    client = DecoderClient(url)
+    try:
+        served = client.model()
+        if served["model"]["id"] != model_id:
+            raise UserError(f"{url} serves model {served['model']['id']}, but {export_dir} is model {model_id}; "
+                            "start the server on the same export")
+        report = ClientReport(target, CLIENT_TARGETS[target], url, names)
+        tasks = [t["name"] for t in manifest["tasks"]]
+        for i in range(len(images)):
+            started = time.perf_counter()
+            encoded = run(images[i : i + 1])
+            report.device_ms.append((time.perf_counter() - started) * 1000.0)
+            message = encode_payload(quantize_wire(encoded, scale, zero_point), scale, zero_point, model_id)
+            answer, rtt = client.decode(message, top_k)
+            report.payload_bytes.append(len(message))
+            report.rtt_ms.append(rtt)
+            report.server_ms.append(answer["timing"]["server_ms"])
+            report.predictions.append(answer["predictions"][0])
+            if progress is not None:
+                progress(i + 1, len(images))
+    finally:
+        client.close()
+    if labels is not None:
+        for t, task in enumerate(tasks):
+            known = labels[:, t] >= 0
+            if known.any():
+                top1 = np.array([p[task][0]["index"] for p in report.predictions])
+                report.accuracy[task] = round(float((top1[known] == labels[known, t]).mean()), 6)
+    return report
