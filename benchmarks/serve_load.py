@@ -132,13 +132,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
+    parser.add_argument("--threads", type=int, help="Decoder threads for both servers (default: the server's, cores - 1).")
     parser.add_argument("--load-requests", type=int, default=2000)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
     export_dir = args.export or build_dt2m_export(Path(tempfile.mkdtemp(prefix="dtconvert-serve-bench-")))
     body = wire_message(export_dir)
-    configs = {"batched": ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)], "max-batch 1": ["--max-batch", "1"]}
+    threads = ["--threads", str(args.threads)] if args.threads else []
+    configs = {"batched": ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), *threads],
+               "max-batch 1": ["--max-batch", "1", *threads]}
     rounds: dict[str, list[dict]] = {name: [] for name in configs}
     for r in range(args.rounds):
         for name, flags in configs.items():
@@ -160,7 +163,7 @@ def main() -> None:
 
     manifest = json.loads((export_dir / "manifest.json").read_text())
     report = {
-        "machine": {"cpus": os.cpu_count()}, "model": manifest["model"]["name"], "wire_shape": manifest["wire"]["shape"],
+        "machine": {"cpus": os.cpu_count()}, "threads": args.threads, "model": manifest["model"]["name"], "wire_shape": manifest["wire"]["shape"],
         "message_bytes": len(body), "concurrency": args.concurrency, "rounds": rounds,
         "summary": {name: {k: median(name, k) for k in ("requests_per_second", "p50_ms", "p95_ms")} for name in configs},
         "load_test": soak,
@@ -169,7 +172,8 @@ def main() -> None:
     report["throughput_ratio"] = round(ratio, 2)
 
     print(f"\n{manifest['model']['name']} decoder, wire {manifest['wire']['shape']} ({len(body)} B/message), "
-          f"concurrency {args.concurrency}, {os.cpu_count()} CPUs, median of {args.rounds} rounds of {args.requests}")
+          f"concurrency {args.concurrency}, {os.cpu_count()} CPUs, decoder threads {args.threads or 'default'}, "
+          f"median of {args.rounds} rounds of {args.requests}")
     print(f"{'server':<34} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8}")
     for name, s in report["summary"].items():
         label = f"--max-batch {args.max_batch} --max-wait-ms {args.max_wait_ms:g}" if name == "batched" else "--max-batch 1"

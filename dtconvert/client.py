@@ -136,11 +136,18 @@ def client_images(export_dir: Path, manifest: dict, folder: Path | None, digits:
     from dtconvert.verify import heldout_data
 
     if folder is not None:
-        from dtconvert.data import image_files
+        import torch
 
-        images, labels, _ = heldout_data(manifest, folder, False, None)
-        names = [str(p.relative_to(folder)) for p in image_files(folder)]
-        return images, labels, names
+        from dtconvert.data import IMAGE_SUFFIXES, image_files, load_image_file, normalize
+        from dtconvert.verify import _folder_labels
+
+        files = image_files(folder)
+        if not files:
+            raise UserError(f"--images {folder}: no images found (looked for {', '.join(IMAGE_SUFFIXES)} files)")
+        pre = manifest["device_input"]["preprocessing"]
+        unit = torch.cat([load_image_file(f, pre["size"][0], pre["channels"], pre["resize"]) for f in files])
+        images = normalize(unit, pre["mean"], pre["std"]).numpy().astype(np.float32)
+        return images, _folder_labels(folder, manifest), [str(f.relative_to(folder)) for f in files]
     images, labels, _ = heldout_data(manifest, None, True, digits)
     index = manifest["data"]["heldout"]
     return images, labels, [f"held-out #{i}" for i in index[: len(images)]]

@@ -299,8 +299,10 @@ def test_serve_bad_command_lines(int8_export, tmp_path):
     tampered = tmp_path / "tampered"
     shutil.copytree(int8_export, tampered)
     decoder = next(tampered.glob("*_decoder_*.pt"))
-    decoder.write_bytes(decoder.read_bytes()[:-1] + b"\0")
-    done = run_cli("serve", str(tampered))
+    data = bytearray(decoder.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    decoder.write_bytes(bytes(data))
+    done = run_cli("serve", str(tampered), timeout=120)
     assert done.returncode == 2 and "sha256 does not match the manifest" in done.stderr and "Traceback" not in done.stderr
     import socket
 
@@ -359,3 +361,34 @@ def test_client_bad_command_lines(server, int8_export, fp32_export):
         assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
     done = run_cli("client", str(fp32_export), "--url", server.url, "--digits", "2")
     assert done.returncode == 2 and "start the server on the same export" in done.stderr, done.stderr
+
+
+def test_client_on_an_image_folder_matches_held_out_digits(server, int8_export, tmp_path):
+    """PNG files in label-named folders go through the same preprocessing as the stored digits."""
+    from PIL import Image
+
+    from dtconvert.client import client_images, run_client
+    from dtconvert.data import digits_uint8
+
+    manifest = manifest_of(int8_export)
+    pictures, digits = digits_uint8()
+    index = manifest["data"]["heldout"][:24]
+    for i in index:
+        (tmp_path / "photos" / str(digits[i])).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pictures[i]).save(tmp_path / "photos" / str(digits[i]) / f"{i:04d}.png")
+    folder_images, folder_labels, names = client_images(int8_export, manifest, tmp_path / "photos", None)
+    held_images, held_labels, _ = client_images(int8_export, manifest, None, 24)
+    order = [index.index(int(n.split("/")[1].removesuffix(".png"))) for n in names]
+    assert np.abs(folder_images - held_images[order]).max() < 1e-5
+    assert (folder_labels[:, 0] == held_labels[order, 0]).all() and (folder_labels[:, 1] == -1).all()
+
+    report = tmp_path / "folder.json"
+    done = run_cli("client", str(int8_export), "--url", server.url, "--images", str(tmp_path / "photos"), "--json", str(report))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(report.read_text())["summary"]
+    want = run_client(int8_export, "executorch", server.url, held_images, held_labels, names).accuracy["digit"]
+    assert summary["images"] == 24 and summary["accuracy"] == {"digit": want}
+
+    (tmp_path / "empty").mkdir()
+    done = run_cli("client", str(int8_export), "--url", server.url, "--images", str(tmp_path / "empty"))
+    assert done.returncode == 2 and "no images found" in done.stderr and "Traceback" not in done.stderr
