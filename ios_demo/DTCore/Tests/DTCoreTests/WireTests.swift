@@ -131,7 +131,7 @@ final class WireGoldenTests: XCTestCase {
     }
 }
 
-/// tests/golden/wire/quantize.json (tests/golden/wire/make_quantize_golden.py): float32 inputs
+/// tests/golden/wire/quantize/quantize.json (tests/golden/wire/make_quantize_golden.py): float32 inputs
 /// and scale as bit patterns, and the int8 values dtconvert.quantize.quantize_wire gives, with
 /// ties, clamping, infinities and quotients that round differently in float64.
 struct QuantizeGolden: Decodable {
@@ -160,9 +160,10 @@ struct QuantizeGolden: Decodable {
 
 final class QuantizeTests: XCTestCase {
     func testMatchesTheQuantizationGoldenCases() throws {
-        let url = TestData.goldenWireDirectory.appending(path: "quantize.json")
+        let url = TestData.goldenWireDirectory.appending(path: "quantize/quantize.json")
         guard FileManager.default.fileExists(atPath: url.path(percentEncoded: false)) else {
-            throw XCTSkip("no quantize.json in \(TestData.goldenWireDirectory.path(percentEncoded: false))")
+            XCTFail("no quantize/quantize.json in \(TestData.goldenWireDirectory.path(percentEncoded: false))")
+            return
         }
         let golden = try JSONDecoder().decode(QuantizeGolden.self, from: Data(contentsOf: url))
         XCTAssertFalse(golden.cases.isEmpty)
@@ -175,9 +176,10 @@ final class QuantizeTests: XCTestCase {
 
     // Twin: dividing in Double instead of Float32 fails the cases built to catch it.
     func testDividingInDoubleFailsTheFloat32Cases() throws {
-        let url = TestData.goldenWireDirectory.appending(path: "quantize.json")
+        let url = TestData.goldenWireDirectory.appending(path: "quantize/quantize.json")
         guard FileManager.default.fileExists(atPath: url.path(percentEncoded: false)) else {
-            throw XCTSkip("no quantize.json in \(TestData.goldenWireDirectory.path(percentEncoded: false))")
+            XCTFail("no quantize/quantize.json in \(TestData.goldenWireDirectory.path(percentEncoded: false))")
+            return
         }
         let golden = try JSONDecoder().decode(QuantizeGolden.self, from: Data(contentsOf: url))
         let item = try XCTUnwrap(golden.cases.first { $0.name == "float32_division" })
