@@ -338,7 +338,7 @@ def _top_k(raw: str | None, max_classes: int) -> int:
     if raw is None:
         return DEFAULT_TOP_K
     if not raw.isdigit() or not 1 <= int(raw) <= 1000:
-        raise RequestError(400, f"top_k must be an integer from 1 to {max_classes}, got {raw!r}", "top_k")
+        raise RequestError(400, f"top_k must be a whole number from 1 to 1000 (each task answers with at most its number of classes), got {raw!r}", "top_k")
     return min(int(raw), max_classes)
 
 
