@@ -444,6 +444,120 @@ def _print_demo_table(manifest: dict, reports: list) -> None:
                "* Core ML predicts only on Apple hardware: here its MIL program ran in dtconvert's reference interpreter, in-process (dtconvert verify).")
 
 
+@app.command()
+@user_errors
+def bench(
+    export_dirs: list[Path] = typer.Argument(..., help="Directories written by 'dtconvert export' from one checkpoint (e.g. its int8 and fp32 exports)."),
+    threads: str = typer.Option("1", "--threads", help="Thread counts, comma-separated."),
+    batch: str = typer.Option("1", "--batch", help="Batch sizes, comma-separated. Above 1, ExecuTorch is re-lowered at that batch from the checkpoint; LiteRT is resized if that is exact, else runs B batch-1 calls."),
+    runs: int = typer.Option(30, "--runs", min=1, help="Timed runs per runtime and configuration, after the warm-up."),
+    warmup: int = typer.Option(5, "--warmup", min=0, help="Untimed runs per runtime before timing."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="The checkpoint the export came from (default: looked for beside the export by the manifest's file name and sha256)."),
+    json_report: Optional[Path] = typer.Option(None, "--json", help="Write every number to this JSON file (schema: dtconvert/bench.schema.json)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Draw latency per image and runtime to this PNG file."),
+    memory: bool = typer.Option(True, "--memory/--no-memory", help="Measure peak memory per runtime in fresh subprocesses."),
+) -> None:
+    """Latency, size, wire bytes and peak memory of each device artifact in its own runtime vs eager fp32.
+
+    Example: dtconvert bench export/ckpt --threads 1,2 --batch 1,8 --json bench.json --plot bench.png
+    """
+    from dtconvert.bench import parse_counts
+
+    thread_counts, batches = parse_counts(threads, "--threads"), parse_counts(batch, "--batch")
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise UserError(f"--plot {plot}: the plot is a PNG file; name it *.png")
+    for export_dir in export_dirs:
+        if not (export_dir / "manifest.json").is_file():
+            raise UserError(f"{export_dir}: not an export directory (no manifest.json)")
+    from rich.console import Console
+
+    from dtconvert.bench import how_lines, plot_report, rich_table, run_bench, validate_report, write_json
+
+    console = Console(file=os.fdopen(os.dup(2), "w", buffering=1, closefd=True), stderr=False)
+    report = _quietly(lambda: run_bench(export_dirs, thread_counts, batches, runs, warmup=warmup, checkpoint=checkpoint, memory=memory,
+                                        log=lambda line: console.print(line, highlight=False), command=_command_line()), "bench")
+    problems = validate_report(report)
+    if json_report is not None:
+        write_json(report, json_report)
+    if plot is not None:
+        plot_report(report, plot)
+    Console().print(rich_table(report))
+    for line in [*how_lines(report), *report["notes"]]:
+        typer.echo(f"note: {line}")
+    typer.echo(f"peak memory: {report['memory_measures']}")
+    if problems:
+        _fail(f"the report failed its own consistency check: {problems[0]}", code=1)
+
+
+@app.command()
+@user_errors
+def sweep(
+    recipe: str = typer.Argument(..., help=BUNDLED_RECIPES_HELP),
+    pool_at: Optional[str] = typer.Option(None, "--pool-at", help="Configurations, comma-separated: 'none', or the recipe's pool_at layers joined by '+' (default: none, then each prefix of the recipe's pool_at)."),
+    bottleneck: Optional[str] = typer.Option(None, "--bottleneck", help="Wire widths, comma-separated; 0 keeps device_dim (default: the recipe's)."),
+    wire: str = typer.Option("int8,fp32", "--wire", help="int8 (int8 .pte, int8 wire), fp32 (fp32 .pte, fp32 wire), or both."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs per configuration (default: a third of the recipe's)."),
+    batch: str = typer.Option("1,8", "--batch", help="Batch sizes at which ExecuTorch latency is measured, comma-separated."),
+    runs: int = typer.Option(30, "--runs", min=1, help="Timed runs per configuration and batch size."),
+    threads: int = typer.Option(1, "--threads", min=1, help="Threads for ExecuTorch's XNNPACK threadpool while timing."),
+    calib: Optional[str] = typer.Option(None, "--calib", help="Calibration images per int8 export, as for 'dtconvert export' (default 128)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: ./sweep/<recipe name>)."),
+) -> None:
+    """Split-point analysis: train, export and measure each pooling and bottleneck configuration.
+
+    Example: dtconvert sweep digits --pool-at none,1,1+2,1+2+3 --bottleneck 8,16 --epochs 20 --out sweep/digits
+    """
+    from dtconvert.bench import parse_counts
+    from dtconvert.sweep import parse_bottleneck, parse_pool_at, parse_wire
+
+    pool_ats = None if pool_at is None else parse_pool_at(pool_at)
+    bottlenecks = None if bottleneck is None else parse_bottleneck(bottleneck)
+    wires, batches = parse_wire(wire), parse_counts(batch, "--batch")
+    recipe_path = resolve_recipe(recipe)
+    from rich.console import Console
+
+    from dtconvert.recipe import load_recipe
+    from dtconvert.sweep import markdown_table, run_sweep
+
+    out = out if out is not None else Path("sweep") / load_recipe(recipe_path).name
+    console = Console(file=os.fdopen(os.dup(2), "w", buffering=1, closefd=True), stderr=False)
+    report = _quietly(lambda: run_sweep(recipe_path, pool_ats, bottlenecks, wires, epochs, batches, runs, out, threads=threads, calib=calib,
+                                        log=lambda line: console.print(line, highlight=False), command=_command_line()), "sweep")
+    typer.echo(markdown_table(report), nl=False)
+    typer.echo(f"wrote {out}/sweep.json, sweep.csv, sweep.md, sweep.png and configs/")
+
+
+def _command_line() -> str | None:
+    """The command as the user typed it, for the record in a report (None when not run from a shell)."""
+    import shlex
+
+    if not sys.argv or Path(sys.argv[0]).name not in ("dtconvert", "cli.py"):
+        return None
+    return " ".join(["dtconvert", *(shlex.quote(a) for a in sys.argv[1:])])
+
+
+def _quietly(work, name: str):
+    """Run ``work`` with file descriptors 1 and 2 (runtimes' and converters' native chatter) in a log
+    that is deleted on success and named on an unexpected failure."""
+    import tempfile
+
+    from dtconvert.export import _redirect_fds
+
+    fd, log = tempfile.mkstemp(prefix=f"dtconvert-{name}-", suffix=".log")
+    os.close(fd)
+    try:
+        with _redirect_fds(Path(log), name):
+            result = work()
+    except UserError:
+        os.unlink(log)
+        raise
+    except BaseException:
+        typer.echo(f"{name} failed; the runtimes' own output is in {log}", err=True)
+        raise
+    os.unlink(log)
+    return result
+
+
 def run() -> None:
     """Console-script entry point."""
     try:
