@@ -691,13 +691,11 @@ def _close(a: float, b: float, rel: float = 1e-9) -> bool:
 def validate_report(report: dict, check_files: bool = True) -> list[str]:
     """Every problem with a bench report: schema, then the numbers against each other and against the
     exports on disk (artifact bytes = manifest = file size; wire bytes = manifest). Empty when sound."""
-    import jsonschema
+    from dtconvert.manifest import schema_problem
 
-    try:
-        jsonschema.validate(report, schema())
-    except jsonschema.ValidationError as e:
-        where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
-        return [f"schema: at {where}: {e.message}"]
+    problem = schema_problem(report, schema())
+    if problem is not None:
+        return [f"schema: {problem}"]
     problems = []
     baselines = {(r["batch"], r["threads"]): r for r in report["results"] if r["role"] == "baseline"}
     for r in report["results"]:

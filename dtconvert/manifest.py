@@ -44,18 +44,25 @@ def describe_file(root: Path, relative: str) -> dict:
     return {"path": relative, "kind": "file", "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
-def validate(manifest: dict, source: str = MANIFEST_NAME) -> None:
-    """Raise UserError (one sentence) if ``manifest`` does not follow the schema."""
+def schema_problem(instance: dict, json_schema: dict) -> str | None:
+    """The first place where ``instance`` breaks ``json_schema``, as 'at PATH: message'; None if it follows it."""
     import jsonschema
 
+    try:
+        jsonschema.validate(instance, json_schema)
+    except jsonschema.ValidationError as e:
+        return f"at {'/'.join(str(p) for p in e.absolute_path) or '(top level)'}: {e.message}"
+    return None
+
+
+def validate(manifest: dict, source: str = MANIFEST_NAME) -> None:
+    """Raise UserError (one sentence) if ``manifest`` does not follow the schema."""
     version = manifest.get("schema_version") if isinstance(manifest, dict) else None
     if isinstance(version, int) and version > SCHEMA_VERSION:
         raise UserError(f"{source}: manifest schema_version {version} is newer than this dtconvert reads ({SCHEMA_VERSION}); upgrade dtconvert")
-    try:
-        jsonschema.validate(manifest, schema())
-    except jsonschema.ValidationError as e:
-        where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
-        raise UserError(f"{source}: manifest does not follow schema version {SCHEMA_VERSION} at {where}: {e.message}") from None
+    problem = schema_problem(manifest, schema())
+    if problem is not None:
+        raise UserError(f"{source}: manifest does not follow schema version {SCHEMA_VERSION} {problem}")
 
 
 def load_manifest(export_dir: Path) -> dict:

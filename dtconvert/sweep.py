@@ -367,13 +367,11 @@ def _close(a: float, b: float, rel: float = 1e-6) -> bool:
 def validate_sweep(report: dict, root: Path | None = None) -> list[str]:
     """Every problem with a sweep report: schema, then each row's numbers against the recipe, each
     other and (given the output directory ``root``) the ``.pte`` files. Empty when sound."""
-    import jsonschema
+    from dtconvert.manifest import schema_problem
 
-    try:
-        jsonschema.validate(report, schema())
-    except jsonschema.ValidationError as e:
-        where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
-        return [f"schema: at {where}: {e.message}"]
+    problem = schema_problem(report, schema())
+    if problem is not None:
+        return [f"schema: {problem}"]
     problems = []
     recipe = report["recipe"]
     for row in report["rows"]:

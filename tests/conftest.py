@@ -42,6 +42,16 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subproce
     return subprocess.run([*dtconvert_exe(), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
 
 
+def assert_one_line_error(done: subprocess.CompletedProcess, *needles: str) -> None:
+    """A user's mistake: exit 2, one 'error: ...' line naming the problem, no traceback."""
+    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
 @pytest.fixture(scope="session")
 def quick_ckpt(tmp_path_factory) -> Path:
     """A digits checkpoint after one epoch: real format, real data, seconds to make."""

@@ -12,7 +12,7 @@ import pytest
 
 from dtconvert.bench import parse_counts, time_interleaved, validate_report
 from dtconvert.errors import UserError
-from tests.conftest import manifest_of, run_cli
+from tests.conftest import assert_one_line_error, manifest_of, run_cli
 
 pytestmark = [pytest.mark.executorch, pytest.mark.tflite]
 
@@ -168,15 +168,6 @@ def test_help_imports_no_heavy_library(argv):
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
-def _one_line_error(done, *needles):
-    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
-    assert "Traceback" not in done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
 @pytest.mark.cli
 def test_bad_inputs_exit_2_with_one_line(tmp_path, bench_export, digits_ckpt):
     import torch
@@ -194,5 +185,5 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, bench_export, digits_ckpt):
         (["bench", str(bench_export), "--checkpoint", str(other)], ["other.pt", "not the checkpoint"]),
     ]
     for argv, needles in cases:
-        _one_line_error(run_cli(*argv), *needles)
+        assert_one_line_error(run_cli(*argv), *needles)
     assert not list(tmp_path.glob("*.json"))

@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from dtconvert.cli import app
-from tests.conftest import RECIPES, run_cli
+from tests.conftest import RECIPES, assert_one_line_error, run_cli
 
 HEAVY = ("torch", "tensorflow", "executorch", "coremltools", "onnx", "sklearn")
 
@@ -93,15 +93,6 @@ def test_demo_reuses_a_checkpoint_of_the_same_recipe(digits_ckpt, tmp_path):
     assert "server stopped" in result.stderr
 
 
-def _assert_one_line_error(done, *needles):
-    assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
-    assert "Traceback" not in done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
 def _evil(path, marker):
     class Exploit:
         def __reduce__(self):
@@ -149,7 +140,7 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, quick_ckpt):
         (["info", str(evil)], ["evil.pt", "arbitrary code"]),
     ]
     for argv, needles in cases:
-        _assert_one_line_error(run_cli(*argv), *needles)
+        assert_one_line_error(run_cli(*argv), *needles)
     assert not out.exists(), "a failed command left output behind"
     assert not (tmp_path / "pwned").exists()
 

@@ -12,7 +12,6 @@ import math
 import signal
 import struct
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,7 +25,6 @@ from hypothesis import strategies as st
 from tests.conftest import manifest_of, run_cli
 from tests.serving import running_server
 
-from dtconvert.quantize import quantize_wire
 from dtconvert.targets.torchscript import load_decoder
 from dtconvert.wire import encode_payload
 
