@@ -375,12 +375,16 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def make_server(service: DecoderService, sock: socket.socket, max_batch: int, max_wait_ms: float,
-                max_body_bytes: int | None, graceful_seconds: float = 30.0):
+                max_body_bytes: int | None, graceful_seconds: float = 30.0, own_logging: bool = True):
+    """A uvicorn server for the app. ``own_logging=False`` leaves logging alone (an embedded
+    server): uvicorn's default config binds handlers to the sys.stderr of the moment, which a
+    caller such as a test runner may close later."""
     import uvicorn
 
     app = create_app(service, max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes)
+    logging = {} if own_logging else {"log_config": None}
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=graceful_seconds,
-                            loop="auto", http="auto", lifespan="on", limit_concurrency=None, server_header=False)
+                            loop="auto", http="auto", lifespan="on", limit_concurrency=None, server_header=False, **logging)
     return uvicorn.Server(config)
 
 
@@ -420,7 +424,7 @@ class BackgroundServer:
         self.service = DecoderService(export_dir)
         self.sock = bind(host, 0)
         self.url = f"http://{host}:{self.sock.getsockname()[1]}"
-        self.server = make_server(self.service, self.sock, max_batch, max_wait_ms, None)
+        self.server = make_server(self.service, self.sock, max_batch, max_wait_ms, None, own_logging=False)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> "BackgroundServer":
