@@ -43,6 +43,15 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # read once, at import, before any thread exists
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)`` and rename the result onto ``path`` only if it succeeded."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,6 +59,7 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

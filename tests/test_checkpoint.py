@@ -95,3 +95,16 @@ def test_save_is_atomic(tmp_path, quick_ckpt):
         save_checkpoint(target, {"bad": Unsaveable(), "fn": lambda: 0})
     assert target.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_atomic_write_gives_files_the_usual_mode(tmp_path):
+    """mkstemp's temporary files are 0600; the renamed result must be what open() would create."""
+    import os
+
+    from dtconvert.checkpoint import atomic_write
+
+    target = tmp_path / "report.json"
+    atomic_write(target, lambda tmp: tmp.write_text("{}\n"))
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}\n")
+    assert os.stat(target).st_mode & 0o777 == os.stat(plain).st_mode & 0o777
