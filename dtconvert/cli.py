@@ -421,6 +421,8 @@ def _print_demo_table(manifest: dict, reports: list) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from dtconvert.wire import header_size
+
     tasks = [t["name"] for t in manifest["tasks"]]
     verification = manifest["verification"]
     table = Table(title=f"{verification['samples']} held-out digits: device encoder → int8 wire → cloud decoder")
@@ -435,7 +437,7 @@ def _print_demo_table(manifest: dict, reports: list) -> None:
         for runtime, numbers in per_runtime.items():
             fp32 = fp32 or [numbers["tasks"][t].get("fp32_accuracy") for t in tasks]
             if runtime.startswith(("MIL", "Core ML")):
-                message = 32 + 4 * len(manifest["wire"]["shape"]) + manifest["wire"]["bytes_per_image"]
+                message = header_size(len(manifest["wire"]["shape"])) + manifest["wire"]["bytes_per_image"]
                 table.add_row(f"Core ML ({runtime})*", *(f"{numbers['tasks'][t]['accuracy']:.2%}" for t in tasks), str(message), "-", "-")
     if fp32 is not None:
         table.add_row("fp32, unsplit", *(f"{a:.2%}" if a is not None else "-" for a in fp32), "-", "-", "-")

@@ -22,7 +22,7 @@ import torch
 from fastapi import Request  # resolved at module level: FastAPI reads the handlers' annotations
 
 from dtconvert.errors import UserError
-from dtconvert.wire import CONTENT_TYPE, WireFormatError, WirePayload, decode_payload
+from dtconvert.wire import CONTENT_TYPE, WireFormatError, WirePayload, decode_payload, header_size
 
 DEFAULT_TOP_K = 3
 # Latency buckets (seconds) for the Prometheus histogram: sub-millisecond to a second.
@@ -70,7 +70,7 @@ class DecoderService:
         self.scale = float(np.float32(wire["scale"]))
         self.zero_point = int(wire["zero_point"])
         self.bytes_per_image = int(wire["bytes_per_image"])
-        self.header_bytes = 32 + 4 * len(wire["shape"])
+        self.header_bytes = header_size(len(wire["shape"]))
         self._scale_t = torch.tensor([self.scale], dtype=torch.float32)
         self._zero_point_t = torch.tensor([self.zero_point], dtype=torch.int32)
         self.max_classes = max(len(v) for v in self.labels.values())

@@ -36,6 +36,11 @@ MAX_RANK = 8
 CONTENT_TYPE = "application/octet-stream"  # the HTTP media type of a wire message
 
 
+def header_size(rank: int) -> int:
+    """Bytes before the payload of a message whose tensor has ``rank`` dimensions."""
+    return FIXED.size + 4 * rank
+
+
 class WireFormatError(ValueError):
     """A payload that is not a valid wire message; the text names the field and the problem."""
 
@@ -57,7 +62,7 @@ def encode_payload(tensor: np.ndarray, scale: float, zero_point: int, model_id: 
     if not 1 <= tensor.ndim <= MAX_RANK:
         raise WireFormatError(f"tensor rank must be 1..{MAX_RANK}, got {tensor.ndim}")
     model = _model_id_bytes(model_id)
-    header_bytes = FIXED.size + 4 * tensor.ndim
+    header_bytes = header_size(tensor.ndim)
     header = FIXED.pack(MAGIC, VERSION, header_bytes, model, task_mask, 1, tensor.ndim, 0, scale, zero_point)
     shape = struct.pack(f"<{tensor.ndim}I", *tensor.shape)
     return header + shape + np.ascontiguousarray(tensor).tobytes()
@@ -80,8 +85,8 @@ def decode_payload(data: bytes, max_bytes: int | None = None) -> WirePayload:
         raise WireFormatError(f"rank must be 1..{MAX_RANK}, got {rank}")
     if reserved != 0:
         raise WireFormatError("reserved header bytes must be zero")
-    if header_bytes != FIXED.size + 4 * rank:
-        raise WireFormatError(f"header_bytes is {header_bytes}, expected {FIXED.size + 4 * rank} for rank {rank}")
+    if header_bytes != header_size(rank):
+        raise WireFormatError(f"header_bytes is {header_bytes}, expected {header_size(rank)} for rank {rank}")
     if not math.isfinite(scale) or scale <= 0.0:
         raise WireFormatError(f"scale must be finite and positive, got {scale}")
     if not -128 <= zero_point <= 127:
