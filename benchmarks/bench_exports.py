@@ -5,9 +5,10 @@
 
 dt-2m has no trained checkpoint: it gets random weights in the real checkpoint format and 32
 random 224×224 calibration images (latency does not depend on the weights' values). digits uses
-the given checkpoint, or trains one. Both precisions are exported with `dtconvert export
---target all --no-verify` into WORK, then one `dtconvert bench` run times every artifact of the
-two exports interleaved, writing WORK/bench-<model>.json and .png (copy them into docs/).
+the given checkpoint, or trains one. Each precision (default: int8, int8-static and fp32) is
+exported with `dtconvert export --target all --no-verify` into WORK, then one `dtconvert bench`
+run times every artifact of the exports interleaved, writing WORK/bench-<model>.json and .png
+(copy them into docs/).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--batch", default="1,8")
     parser.add_argument("--runs", default="30")
+    parser.add_argument("--precisions", default="int8,int8-static,fp32")
     parser.add_argument("--skip-export", action="store_true", help="Reuse the exports already in WORK.")
     parser.add_argument("--skip-bench", action="store_true", help="Only export.")
     args = parser.parse_args()
@@ -56,9 +58,10 @@ def main() -> None:
         if not ckpt.is_file():
             run([EXE, "train", "digits", "--out", str(ckpt.parent), "-q"])
 
-    exports = [work / f"export-{args.model}-{p}" for p in ("int8", "fp32")]
+    precisions = args.precisions.split(",")
+    exports = [work / f"export-{args.model}-{p}" for p in precisions]
     if not args.skip_export:
-        for export_dir, precision in zip(exports, ("int8", "fp32")):
+        for export_dir, precision in zip(exports, precisions):
             run([EXE, "export", str(ckpt), "--target", "all", "--precision", precision, "--no-verify", *calib, "--out", str(export_dir)])
     if args.skip_bench:
         return

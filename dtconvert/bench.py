@@ -124,6 +124,7 @@ class Plan:
     export_dir: str | None = None
     notes: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)  # decoder: wire_shape, scale, zero_point
+    delegation: dict | None = None  # device rows: XNNPACK partitions and ops outside, of the file that runs
 
     def spec(self) -> dict:
         return {"kind": self.kind, "path": self.path, "batch": self.batch, "loop": self.loop, "extra": self.extra}
@@ -338,50 +339,21 @@ def calibration_for(ckpt: dict, manifest: dict) -> np.ndarray:
     return images
 
 
-def pt2e_int8_any_batch(encoder, calibration: np.ndarray):
-    """The export's pt2e int8 program (``dtconvert.quantize.pt2e_int8``: same quantizer, same images
-    one at a time in the same order, so the same scales), traced with a dynamic batch dimension
-    so that it can be lowered again at any fixed batch."""
-    import torch
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    from dtconvert.quantize import _not_a_scalar_multiply
-
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    quantizer.set_filter_function(_not_a_scalar_multiply)
-    # An example batch of 2: torch.export specialises a dimension it sees as 1.
-    example = torch.from_numpy(np.ascontiguousarray(np.resize(calibration, (2, *calibration.shape[1:]))))
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    program = torch.export.export(encoder, (example,), dynamic_shapes=({0: batch},))
-    prepared = prepare_pt2e(program.module(), quantizer)
-    with torch.no_grad():
-        for i in range(len(calibration)):
-            prepared(torch.from_numpy(calibration[i : i + 1]))
-    return convert_pt2e(prepared)
-
-
-def lower_executorch(ckpt: dict, precision: str, batch: int, calibration: np.ndarray, path: Path, workdir: Path,
-                     quantized=None):
-    """Lower the checkpoint's encoder to an XNNPACK ``.pte`` at a fixed ``batch``, as export does
-    (through the same target module, so the same delegation check applies). int8 uses ``quantized``
-    (from :func:`pt2e_int8_any_batch`) or calibrates one; returns it, so a caller can reuse it."""
+def lower_executorch(ckpt: dict, precision: str, batch: int, calibration: np.ndarray, path: Path, quantized=None):
+    """Lower the checkpoint's encoder to an XNNPACK ``.pte`` at a fixed ``batch`` exactly as export
+    does (the ExecuTorch target's own ``prepare`` and ``lower``; static scales from the same images
+    in the same order, traced with a dynamic batch so one calibration serves every batch size).
+    ``quantized`` reuses a module prepared by an earlier call; returns the prepared module."""
     import torch
 
     from dtconvert.checkpoint import build_model
-    from dtconvert.targets import ExportJob
-    from dtconvert.targets.executorch import ExecuTorchTarget
+    from dtconvert.targets import executorch as et
 
     encoder = build_model(ckpt).encoder.eval()
     example = torch.from_numpy(np.ascontiguousarray(np.resize(calibration, (batch, *calibration.shape[1:]))))
-    if precision == "int8" and quantized is None:
-        quantized = pt2e_int8_any_batch(encoder, calibration)
-    job = ExportJob(name="bench", precision=precision, encoder=encoder, example=example, calibration=calibration,
-                    quantized_encoder=quantized if precision == "int8" else None, workdir=workdir)
-    ExecuTorchTarget().export(job, path)
+    if quantized is None:
+        quantized = et.prepare(encoder, example[:1], calibration, precision, any_batch=precision != "fp32")
+    path.write_bytes(et.lower(quantized, example).to_executorch().buffer)
     return quantized
 
 
@@ -503,6 +475,8 @@ def run_bench(export_dirs: list[Path], threads: list[int], batches: list[int], r
                         "images_per_s": b * 1000.0 / s["median_ms"],
                         "ratio_to_eager_fp32": None if plan.role == "cloud" else s["median_ms"] / base["median_ms"],
                         "artifact_bytes": plan.artifact_bytes,
+                        "delegate_partitions": None if plan.delegation is None else plan.delegation["partitions"],
+                        "ops_outside_delegate": None if plan.delegation is None else sum(plan.delegation["ops_outside_delegate"].values()),
                         "wire_bytes_per_image": None if plan.role == "cloud" else wire_bytes,
                         "cosine_vs_fp32": None if plan.role == "cloud" else round(agreement[(plan.key, b)], 6),
                         "notes": plan.notes,
@@ -561,11 +535,13 @@ def _threads_note(kind: str, threads: int, effective: dict) -> str:
 
 def _plan(exports, ckpt, ckpt_path, batches, work: Path, notes: list[str], log) -> tuple[dict[int, list[Plan]], list[dict], np.ndarray | None]:
     """What runs at each batch size: baseline, each device artifact, the cloud decoder; plus Core ML rows."""
+    from dtconvert.verify import measure_delegation
+
     first_dir, first = exports[0]
     plans: dict[int, list[Plan]] = {b: [] for b in batches}
     calibration = None
     calibration_problem = None
-    quantized: dict = {}  # artifact → its int8 program at any batch, calibrated once
+    quantized: dict = {}  # artifact → its prepared (for int8: quantized) program at any batch, calibrated once
     images = np.load(first_dir / "golden" / "input.npy").astype(np.float32)
     for b in batches:
         if ckpt_path is not None:
@@ -589,28 +565,31 @@ def _plan(exports, ckpt, ckpt_path, batches, work: Path, notes: list[str], log) 
                                "note": f"not timed: Core ML predicts only on macOS (this host: {platform.system()}); size and MIL op counts from the manifest"})
                 continue
             label = f"{RUNTIME_LABELS[entry['target']]} {entry['precision']}"
-            structure = _structure_note(entry, path)
+            shipped = measure_delegation(path, entry["target"])
+            structure = _structure_note(entry["target"], shipped)
             for b in batches:
                 plan = Plan(label, "device", "executorch" if entry["target"] == "executorch" else "litert", entry["precision"], b,
                             str(path), "one call at batch 1", artifact=entry["path"], artifact_bytes=entry["bytes"],
-                            export_dir=str(export_dir), notes=[structure])
+                            export_dir=str(export_dir), notes=[structure], delegation=shipped)
                 if b > 1 and entry["target"] == "executorch":
-                    if ckpt is not None and calibration is None and calibration_problem is None and entry["precision"] == "int8":
+                    if ckpt is not None and calibration is None and calibration_problem is None and entry["precision"] != "fp32":
                         try:
                             calibration = calibration_for(ckpt, manifest)
                         except UserError as e:
                             calibration_problem = str(e)
-                    if ckpt is None or (entry["precision"] == "int8" and calibration is None):
+                    if ckpt is None or (entry["precision"] != "fp32" and calibration is None):
                         why = "no checkpoint" if ckpt is None else f"calibration images not available ({calibration_problem})"
                         plan.loop, plan.how = True, f"{b} × batch-1 calls of the shipped .pte ({why})"
                     else:
                         log(f"lowering {label} at batch {b} from the checkpoint")
                         relowered = work / f"et_{len(quantized)}_{entry['precision']}_b{b}.pte"
                         quantized[str(path)] = lower_executorch(
-                            ckpt, entry["precision"], b, calibration if calibration is not None else images, relowered, work,
+                            ckpt, entry["precision"], b, calibration if calibration is not None else images, relowered,
                             quantized=quantized.get(str(path)))
                         plan.path = str(relowered)
                         plan.how = f"re-lowered at batch {b} from the checkpoint"
+                        plan.delegation = measure_delegation(relowered, "executorch")
+                        plan.notes.append(f"at batch {b}: {_structure_note('executorch', plan.delegation)}")
                         plan.notes.append(_compare_relowered(path, relowered, b, first_dir))
                 elif b > 1:
                     ok, detail = _litert_resize_works(path, b, first_dir)
@@ -636,19 +615,12 @@ def _plan(exports, ckpt, ckpt_path, batches, work: Path, notes: list[str], log) 
     return plans, coreml, calibration
 
 
-def _structure_note(entry: dict, path: Path) -> str:
+def _structure_note(target: str, delegation: dict) -> str:
     """How much of the artifact its runtime's XNNPACK delegate takes: what explains a slow artifact."""
-    if entry["target"] == "executorch":
-        details = entry.get("details", {})
-        outside = ", ".join(f"{op} {n}" for op, n in sorted(details.get("ops_outside_delegate", {}).items())) or "none"
-        return f"{details.get('delegates', '?')} XNNPACK delegate calls; ops outside the delegate: {outside}"
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(path), num_threads=1)
-    interpreter.allocate_tensors()
-    nodes = interpreter._get_ops_details()  # after delegation: one DELEGATE node per XNNPACK partition
-    partitions = sum(node["op_name"] == "DELEGATE" for node in nodes)
-    return f"{partitions} XNNPACK partition{'s' if partitions != 1 else ''} ({len(nodes) - partitions} ops in the graph)"
+    n = delegation["partitions"]
+    unit = "delegate call" if target == "executorch" else "partition"
+    outside = ", ".join(f"{op} {count}" for op, count in delegation["ops_outside_delegate"].items()) or "none"
+    return f"{n} XNNPACK {unit}{'s' if n != 1 else ''}; ops outside the delegate: {outside}"
 
 
 def _compare_relowered(shipped: Path, relowered: Path, batch: int, export_dir: Path) -> str:
@@ -756,15 +728,15 @@ def _size_on_disk(path: Path) -> int | None:
 
 def markdown_tables(report: dict) -> str:
     """The report as markdown tables (latency per configuration; Core ML; memory)."""
-    lines = ["| runtime | batch | threads | how | median ms | p90 ms | img/s | × eager fp32 | artifact B | wire B/img | peak RSS Δ |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| runtime | batch | threads | how | median ms | p90 ms | img/s | × eager fp32 | XNNPACK partitions | artifact B | wire B/img | peak RSS Δ |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         ratio = "—" if r["ratio_to_eager_fp32"] is None else f"{r['ratio_to_eager_fp32']:.3f}"
         size = "—" if r["artifact_bytes"] is None else f"{r['artifact_bytes']:,}"
         wire = "—" if r["wire_bytes_per_image"] is None else f"{r['wire_bytes_per_image']:,}"
         rss = "—" if r.get("peak_rss_increase_bytes") is None else f"{r['peak_rss_increase_bytes'] / 2**20:.1f} MiB"
         lines.append(f"| {r['runtime']} | {r['batch']} | {r['threads']} | {r['how']} | {r['median_ms']:.3f} | {r['p90_ms']:.3f} | "
-                     f"{r['images_per_s']:.0f} | {ratio} | {size} | {wire} | {rss} |")
+                     f"{r['images_per_s']:.0f} | {ratio} | {_partitions(r)} | {size} | {wire} | {rss} |")
     if report["coreml"]:
         lines += ["", "| Core ML artifact | precision | bytes | MIL ops | wire B/img | note |", "|---|---|---|---|---|---|"]
         for c in report["coreml"]:
@@ -773,22 +745,30 @@ def markdown_tables(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _partitions(row: dict) -> str:
+    """'1' for a whole-graph delegate; '33 (+178 outside)' when ops run outside it; '—' where none applies."""
+    if row.get("delegate_partitions") is None:
+        return "—"
+    outside = row["ops_outside_delegate"]
+    return f"{row['delegate_partitions']}" + (f" (+{outside} outside)" if outside else "")
+
+
 def rich_table(report: dict):
     """The terminal table: one row per runtime, batch and thread count (how each ran: ``how_lines``)."""
     from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=escape(f"dtconvert bench: {report['model']['name']} ({report['settings']['runs']} runs, interleaved)"))
-    for column in ("runtime", "batch", "threads", "median ms", "p90 ms", "img/s", "× eager", "artifact B", "wire B/img", "peak RSS Δ"):
+    for column in ("runtime", "batch", "threads", "median ms", "p90 ms", "img/s", "× eager", "partitions", "artifact B", "wire B/img", "peak RSS Δ"):
         table.add_column(column, justify="left" if column == "runtime" else "right")
     for r in report["results"]:
         table.add_row(escape(r["runtime"]), str(r["batch"]), str(r["threads"]), f"{r['median_ms']:.3f}", f"{r['p90_ms']:.3f}",
                       f"{r['images_per_s']:,.0f}", "—" if r["ratio_to_eager_fp32"] is None else f"{r['ratio_to_eager_fp32']:.3f}",
-                      "—" if r["artifact_bytes"] is None else f"{r['artifact_bytes']:,}",
+                      _partitions(r), "—" if r["artifact_bytes"] is None else f"{r['artifact_bytes']:,}",
                       "—" if r["wire_bytes_per_image"] is None else f"{r['wire_bytes_per_image']:,}",
                       "—" if r.get("peak_rss_increase_bytes") is None else f"{r['peak_rss_increase_bytes'] / 2**20:.1f} MiB")
     for c in report["coreml"]:
-        table.add_row(escape(f"Core ML {c['precision']} (not run)"), "—", "—", "—", "—", "—", "—", f"{c['bytes']:,}",
+        table.add_row(escape(f"Core ML {c['precision']} (not run)"), "—", "—", "—", "—", "—", "—", "—", f"{c['bytes']:,}",
                       f"{c['wire_bytes_per_image']:,}", "—")
     return table
 

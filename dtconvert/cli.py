@@ -177,7 +177,9 @@ def info(
 def export(
     checkpoint: Path = typer.Argument(..., help="A checkpoint written by 'dtconvert train'."),
     target: str = typer.Option("all", "--target", "-t", help="executorch, coreml, tflite, a comma-separated list, or all."),
-    precision: str = typer.Option("int8", "--precision", help="int8 (static PTQ of weights and activations) or fp32."),
+    precision: str = typer.Option("int8", "--precision", help="int8: per runtime, the int8 scheme its CPU delegate runs whole and most faithfully "
+                                  "(ExecuTorch and LiteRT: int8 weights, activations quantized per call; Core ML: int8 weights). "
+                                  "int8-static: full-integer with calibrated activation scales, for NPUs. fp32: no quantization."),
     calib: Optional[str] = typer.Option(None, "--calib", help="Calibration images: a count N taken from the checkpoint's training split (default 128), or a folder."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Export directory (default: ./export/<checkpoint stem>)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Run 'dtconvert verify' on the export and record the results in the manifest."),

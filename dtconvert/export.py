@@ -1,8 +1,9 @@
 """``dtconvert export``: checkpoint → int8 device artifacts + TorchScript cloud decoder + manifest.
 
-One straight pipeline: load the checkpoint → split at encode()/decode() → calibrate (wire
-quantization, and the shared pt2e int8 program) → export each device target → export the
-cloud decoder and its Triton repository → write the manifest → move the directory into place.
+One straight pipeline: load the checkpoint → split at encode()/decode() → calibrate the wire
+tensor's int8 parameters → export each device target (each quantizes by its own scheme for the
+precision, see ``dtconvert/targets/``) → export the cloud decoder and its Triton repository →
+write the manifest → verify → move the directory into place.
 
 Everything is written into a temporary directory beside ``--out`` and renamed onto it only when
 every requested target succeeded, so a failure leaves a previous export untouched. The
@@ -31,7 +32,7 @@ from dtconvert import __version__
 from dtconvert.checkpoint import build_model, load_checkpoint, sha256_file
 from dtconvert.errors import UserError
 from dtconvert.manifest import SCHEMA_VERSION, describe_file, write_manifest
-from dtconvert.quantize import calibration_images, pt2e_int8, wire_qparams
+from dtconvert.quantize import calibration_images, wire_qparams
 from dtconvert.targets import (
     DEVICE_TARGETS,
     INPUT_NAME,
@@ -144,22 +145,19 @@ def run_export(checkpoint: Path, targets: list[str], precision: str = "int8", ca
         name = ckpt["recipe"]["name"]
         example = torch.from_numpy(calibration[:1].copy())
 
-        # 2. Calibrate: the wire tensor's int8 parameters, then the shared pt2e int8 program.
+        # 2. Calibrate the wire tensor's int8 parameters (static activation scales, where a
+        #    precision has them, are each target's own business).
         current = "calibrate"
         with stages.stage(f"calibrate on {len(calibration)} images"):
             with torch.no_grad():
                 wire_calibration = encoder(torch.from_numpy(calibration)).numpy()
             scale, zero_point = wire_qparams(wire_calibration)
-            quantized = None
-            if precision == "int8" and {"executorch", "coreml"} & set(targets):
-                quantized = pt2e_int8(encoder, calibration, example)
         wire_shape = [1, *cfg.wire_shape]
         manifest_info = _wire_and_input(ckpt, cfg, checkpoint_sha, wire_shape, scale, zero_point, calibration_info)
 
         # 3. Device targets, one module each.
         job = ExportJob(
-            name=name, precision=precision, encoder=encoder, example=example, calibration=calibration,
-            quantized_encoder=quantized, workdir=work,
+            name=name, precision=precision, encoder=encoder, example=example, calibration=calibration, workdir=work,
             metadata={
                 "author": "dtconvert", "version": __version__,
                 "description": f"Device Tuning encoder of {name!r} ({precision}): image → wire tensor",
@@ -179,6 +177,9 @@ def run_export(checkpoint: Path, targets: list[str], precision: str = "int8", ca
             entry = {**describe_file(staging, filename), "part": "device", "target": target_name, "precision": precision}
             entry["inputs"] = inputs or [{"name": INPUT_NAME, "shape": list(example.shape), "dtype": "float32"}]
             entry["outputs"] = outputs or [{"name": OUTPUT_NAME, "shape": wire_shape, "dtype": "float32"}]
+            entry["quantization"] = details.pop("quantization")
+            if "delegation" in details:
+                entry["delegation"] = details.pop("delegation")
             entry["details"] = details
             artifacts.append(entry)
 

@@ -9,9 +9,10 @@ Device artifacts output the float wire tensor; the app (or `dtconvert client`) q
 with the manifest's scale and zero point, so every runtime sends identical bytes for
 identical encoder outputs.
 
-The ExecuTorch and Core ML int8 artifacts share one static post-training quantization: pt2e
-with ExecuTorch's XNNPACK quantizer (int8 activations per tensor, int8 weights per channel),
-calibrated on the same images TFLite's converter is given as representative data.
+Each target quantizes its own device artifact by the scheme its ``SCHEMES`` table names for
+the precision (see ``dtconvert/targets/``); the ExecuTorch artifacts and Core ML's
+``int8-static`` use :func:`pt2e_quantize` below, calibrated on the same images TFLite's
+converter is given as representative data.
 """
 
 from __future__ import annotations
@@ -105,19 +106,46 @@ def calibration_images(ckpt: dict, calib: str | None) -> tuple[np.ndarray, dict]
     return images, {"source": "folder", "path": str(calib), "images": len(images)}
 
 
-def pt2e_int8(encoder: torch.nn.Module, calibration: np.ndarray, example: torch.Tensor) -> torch.nn.Module:
-    """Static int8 PTQ of the encoder with the XNNPACK quantizer (per-channel weights)."""
+def pt2e_quantize(encoder: torch.nn.Module, example: torch.Tensor, calibration: np.ndarray, *, dynamic: bool,
+                  float_modules: tuple[type, ...] = (), float_layers: frozenset[str] = frozenset(),
+                  any_batch: bool = False) -> torch.nn.Module:
+    """Post-training int8 quantization of the encoder with ExecuTorch's XNNPACK quantizer (pt2e).
+
+    Weights are int8, symmetric, per output channel. ``dynamic`` quantizes the inputs of linear
+    and conv layers per token at run time (ExecuTorch's own choice for transformers) and leaves
+    everything else in float; otherwise activations are int8 per tensor with scales fixed by
+    ``calibration`` (static). Modules of the types in ``float_modules``, and the layers named in
+    ``float_layers``, stay in float either way.
+    ``any_batch`` traces with a dynamic batch dimension, so the program can be lowered again at
+    any fixed batch (``dtconvert bench``) with the same scales as the batch-1 export.
+    """
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    quantizer.set_filter_function(_not_a_scalar_multiply)
-    prepared = prepare_pt2e(torch.export.export(encoder, (example,)).module(), quantizer)
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
+    if float_layers:
+        from dtconvert.targets import layer_of
+
+        # set_module_name(name, None) is not supported (ExecuTorch 1.5); a filter is.
+        quantizer.set_filter_function(lambda node: _not_a_scalar_multiply(node) and layer_of(node) not in float_layers)
+    else:
+        quantizer.set_filter_function(_not_a_scalar_multiply)
+    for module_type in float_modules:
+        quantizer.set_module_type(module_type, None)
+    if any_batch:
+        # An example batch of 2: torch.export specialises a dimension it sees as 1.
+        pair = torch.from_numpy(np.ascontiguousarray(np.resize(calibration, (2, *calibration.shape[1:]))))
+        program = torch.export.export(encoder, (pair,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
+    else:
+        program = torch.export.export(encoder, (example,))
+    prepared = prepare_pt2e(program.module(), quantizer)
+    # Static scales come from these images, one at a time in a fixed order (the same scales at
+    # every batch size); dynamic quantization needs only one pass to trace the observers.
     with torch.no_grad():
-        for i in range(len(calibration)):
+        for i in range(len(calibration) if not dynamic else 1):
             prepared(torch.from_numpy(calibration[i : i + 1]))
     return convert_pt2e(prepared)
 

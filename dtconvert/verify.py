@@ -4,12 +4,15 @@ Integrity first (every file's sha256 against the manifest, before anything runs)
 artifact in its real runtime on held-out data, compared with the fp32 PyTorch model that the
 export carries as its TorchScript ``reference`` artifact:
 
-* wire tensor against the fp32 encoder: max abs error, cosine similarity, SQNR (dB);
+* wire tensor against the fp32 encoder: max abs error, cosine similarity, SQNR (dB; the default
+  int8 has a floor);
 * end to end (device artifact → int8 wire → cloud decoder) against the fp32 model, per task:
   top-1 agreement, accuracy change, and a collapse check (one class for everything);
-* structure: the .pte runs no linear/matmul/conv outside XNNPACK; the .tflite has only builtin
-  ops and the I/O the manifest declares; the Core ML program uses only ops the MIL reference
-  interpreter knows, with the declared I/O.
+* delegation: how many XNNPACK delegate calls (.pte) or partitions (LiteRT) the artifact makes
+  and which ops run outside them, measured from the artifact, against the tolerance table (the
+  default int8 and fp32: one, and nothing outside) and against what the manifest records;
+* structure: the .tflite has only builtin ops and the I/O the manifest declares; the Core ML
+  program uses only ops the MIL reference interpreter knows, with the declared I/O.
 
 Core ML predicts only on macOS. On Linux its ML program runs in dtconvert's numpy MIL reference
 interpreter and is reported as "MIL reference", never as "Core ML".
@@ -31,9 +34,6 @@ from dtconvert.manifest import describe_file, load_manifest
 from dtconvert.metrics import accuracy, cosine_similarity, max_abs_error, sqnr_db, top1_agreement
 from dtconvert.tolerances import load_tolerances
 
-COMPUTE_KERNELS = {"linear", "mm", "bmm", "addmm", "matmul", "convolution", "conv2d", "baddbmm"}
-
-
 @dataclass
 class Check:
     artifact: str  # the artifact's path in the manifest, or "manifest"
@@ -50,6 +50,7 @@ class Report:
     data: str
     checks: list[Check] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)  # artifact → runtime → numbers
+    structure: dict = field(default_factory=dict)  # artifact → {"delegation": {...}}, measured from the artifact
     seconds: float = 0.0
 
     @property
@@ -61,11 +62,12 @@ class Report:
 
     def to_json(self) -> dict:
         return {"export_dir": self.export_dir, "passed": self.passed, "samples": self.samples, "data": self.data,
-                "seconds": round(self.seconds, 2), "metrics": self.metrics, "checks": [asdict(c) for c in self.checks]}
+                "seconds": round(self.seconds, 2), "metrics": self.metrics, "structure": self.structure,
+                "checks": [asdict(c) for c in self.checks]}
 
     def summary(self) -> dict:
         """What export records in the manifest."""
-        return {"passed": self.passed, "samples": self.samples, "data": self.data, "metrics": self.metrics,
+        return {"passed": self.passed, "samples": self.samples, "data": self.data, "metrics": self.metrics, "structure": self.structure,
                 "failed": [asdict(c) for c in self.checks if not c.passed],
                 "checks": len(self.checks)}
 
@@ -255,7 +257,7 @@ def verify_export(export_dir: Path, data: Path | None = None, digits: bool = Fal
     # 3. Each device artifact: structure, then every runtime this host has.
     for entry in (e for e in manifest["artifacts"] if e["part"] == "device"):
         name, target = entry["path"], entry["target"]
-        _check_structure(report, export_dir, entry)
+        _check_structure(report, export_dir, entry, tolerances.get(target, precision))
         try:
             runners = device_runners(export_dir, entry)
         except Exception as e:  # an unknown MIL op, a runtime that refuses the file
@@ -270,12 +272,13 @@ def verify_export(export_dir: Path, data: Path | None = None, digits: bool = Fal
                 continue
             wire_numbers = {"max_abs": max_abs_error(wire, reference_wire), "cosine": cosine_similarity(wire, reference_wire),
                             "sqnr_db": sqnr_db(wire, reference_wire)}
-            bound, floor = bounds["wire_max_abs"], bounds["min_wire_cosine"]
-            wire_ok = (bound is None or wire_numbers["max_abs"] <= bound) and (floor is None or wire_numbers["cosine"] >= floor)
+            bound, floor, sqnr_floor = bounds["wire_max_abs"], bounds["min_wire_cosine"], bounds["min_wire_sqnr_db"]
+            wire_ok = ((bound is None or wire_numbers["max_abs"] <= bound) and (floor is None or wire_numbers["cosine"] >= floor)
+                       and (sqnr_floor is None or wire_numbers["sqnr_db"] >= sqnr_floor))
             report.add(name, runtime, "wire", wire_ok,
                        f"max abs {wire_numbers['max_abs']:.3g}" + (f" (bound ≤ {bound})" if bound is not None else "")
                        + f", cosine {wire_numbers['cosine']:.5f}" + (f" (bound ≥ {floor})" if floor is not None else "")
-                       + f", SQNR {wire_numbers['sqnr_db']:.1f} dB")
+                       + f", SQNR {wire_numbers['sqnr_db']:.1f} dB" + (f" (bound ≥ {sqnr_floor} dB)" if sqnr_floor is not None else ""))
             numbers = end_to_end(name, runtime, decode(wire), bounds)
             report.metrics.setdefault(name, {})[runtime] = {"wire": {k: round(v, 6) for k, v in wire_numbers.items()}, "tasks": numbers}
             log(f"✓ {runtime} on {len(images)} images")
@@ -283,17 +286,11 @@ def verify_export(export_dir: Path, data: Path | None = None, digits: bool = Fal
     return report
 
 
-def _check_structure(report: Report, export_dir: Path, entry: dict) -> None:
+def _check_structure(report: Report, export_dir: Path, entry: dict, bounds: dict) -> None:
     name, path = entry["path"], export_dir / entry["path"]
-    if entry["target"] == "executorch":
-        from dtconvert.targets.executorch import pte_kernel_ops
-
-        kernels, delegates = pte_kernel_ops(path)
-        heavy = sorted(set(kernels) & COMPUTE_KERNELS)
-        report.add(name, "-", "structure", not heavy and delegates > 0,
-                   f"{delegates} XNNPACK delegate calls; outside: {kernels or 'nothing'}"
-                   + (f"; compute ops outside the delegate: {heavy}" if heavy else ""))
-    elif entry["target"] == "tflite":
+    if entry["target"] in ("executorch", "tflite"):
+        _check_delegation(report, export_dir, entry, bounds)
+    if entry["target"] == "tflite":
         from dtconvert.targets.tflite import io_details, non_builtin_ops, tflite_ops
 
         flex = non_builtin_ops(tflite_ops(path))
@@ -310,6 +307,47 @@ def _check_structure(report: Report, export_dir: Path, entry: dict) -> None:
         problems = ([f"ops outside the MIL reference allow-list: {unknown}"] if unknown else []) + (
             [f"I/O {io} differs from the manifest's {declared}"] if io != declared else [])
         report.add(name, "-", "structure", not problems, "; ".join(problems) or "all ops in the allow-list; I/O as in the manifest")
+
+
+def measure_delegation(path: Path, target: str) -> dict:
+    """How the runtime's XNNPACK delegate takes the artifact, read from the artifact itself:
+    ``{"partitions": n, "ops_outside_delegate": {op: count}}`` (a .pte's partitions are its delegate calls)."""
+    if target == "executorch":
+        from dtconvert.targets.executorch import pte_kernel_ops
+
+        kernels, delegates = pte_kernel_ops(path)
+        return {"partitions": delegates, "ops_outside_delegate": kernels}
+    from dtconvert.targets.tflite import delegation
+
+    measured = delegation(path)
+    return {"partitions": measured["partitions"], "ops_outside_delegate": measured["ops_outside_delegate"]}
+
+
+def _check_delegation(report: Report, export_dir: Path, entry: dict, bounds: dict) -> None:
+    """The delegate structure, measured now, against the tolerance table and against what the manifest claims."""
+    measured = measure_delegation(export_dir / entry["path"], entry["target"])
+    partitions, outside = measured["partitions"], measured["ops_outside_delegate"]
+    n_outside = sum(outside.values())
+    unit = "delegate calls" if entry["target"] == "executorch" else "partitions"
+    max_partitions, max_outside = bounds["max_delegate_partitions"], bounds["max_ops_outside_delegate"]
+    problems = []
+    if partitions < 1:
+        problems.append("nothing runs in the XNNPACK delegate")
+    if max_partitions is not None and partitions > max_partitions:
+        problems.append(f"{partitions} XNNPACK {unit} (bound ≤ {max_partitions})")
+    if max_outside is not None and n_outside > max_outside:
+        problems.append(f"{n_outside} ops outside the delegate (bound ≤ {max_outside}): {outside}")
+    recorded = entry.get("delegation")
+    if recorded is not None:
+        claimed = recorded.get("delegate_calls", recorded.get("partitions"))
+        if claimed != partitions or recorded.get("ops_outside_delegate") != outside:
+            problems.append(f"the manifest records {claimed} {unit} and {recorded.get('ops_outside_delegate')} outside, "
+                            f"the artifact has {partitions} and {outside or {}}")
+    bound_text = "; ".join(f"{k.removeprefix('max_').replace('_', ' ')} ≤ {v}" for k, v in
+                           (("max_delegate_partitions", max_partitions), ("max_ops_outside_delegate", max_outside)) if v is not None)
+    summary = f"{partitions} XNNPACK {unit}, {n_outside} ops outside" + (f" ({bound_text})" if bound_text else " (reported, no bound)")
+    report.add(entry["path"], "-", "delegation", not problems, "; ".join(problems) if problems else summary)
+    report.structure[entry["path"]] = {"delegation": {"partitions": partitions, "ops_outside_delegate": outside}}
 
 
 def write_reports(report: Report, json_path: Path | None, junit_path: Path | None) -> None:

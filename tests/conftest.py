@@ -25,6 +25,16 @@ TINY = ModelConfig(
 )
 
 
+# Another shape for the int8 fidelity checks: three tasks, 12×12 input, one pooling stage, width
+# 32 (so that LiteRT's and Core ML's 1024-element weight threshold quantizes the FFN and the
+# attention projections too).
+OTHER = ModelConfig(
+    image_size=12, in_channels=1, patch_size=2, device_dim=32, device_depth=2, device_heads=2,
+    pool_at=(1,), bottleneck=8, cloud_dim=32, cloud_depth=1, cloud_heads=2, mlp_ratio=2.0,
+    tasks=(("digit", 10), ("odd", 2), ("mod3", 3)),
+)
+
+
 @pytest.fixture
 def tiny_model() -> DeviceTuningModel:
     torch.manual_seed(0)
@@ -76,6 +86,26 @@ def digits_ckpt(tmp_path_factory) -> Path:
     return out / "ckpt.pt"
 
 
+@pytest.fixture(scope="session")
+def other_shape_ckpt(tmp_path_factory) -> Path:
+    """The OTHER shape after one epoch on the digits (seconds), as quick_ckpt is for the digits shape.
+
+    Not random weights: an untrained model has no margin between its classes, so its top-1
+    flips under any perturbation at all (the fp32 encoder with only the int8 wire agreed 99.7 %)."""
+    from dtconvert.recipe import load_recipe
+    from dtconvert.train import train
+
+    recipe = load_recipe(RECIPES / "digits.yaml")
+    config = OTHER.to_dict()
+    for key in ("image_size", "patch_size", "device_dim", "device_depth", "device_heads", "pool_at", "bottleneck",
+                "cloud_dim", "cloud_depth", "cloud_heads", "mlp_ratio"):
+        setattr(recipe, key, config[key])
+    recipe.name, recipe.tasks, recipe.epochs = "other", [name for name, _ in OTHER.tasks], 1
+    out = tmp_path_factory.mktemp("other")
+    train(recipe, out, show_progress=False)
+    return out / "ckpt.pt"
+
+
 # ---- export fixtures -------------------------------------------------------------------------
 
 
@@ -94,6 +124,34 @@ def fp32_export(quick_ckpt, tmp_path_factory) -> Path:
 
     out, _ = run_export(quick_ckpt, ["executorch", "coreml", "tflite"], precision="fp32", calib="32",
                         out=tmp_path_factory.mktemp("exp") / "fp32")
+    return out
+
+
+@pytest.fixture(scope="session")
+def quick_int8_export(quick_ckpt, tmp_path_factory) -> Path:
+    """The one-epoch digits model (barely better than chance: the least confident there is)
+    exported with the default int8 to every target, and verified as export does."""
+    from dtconvert.export import run_export
+
+    out, _ = run_export(quick_ckpt, ["executorch", "coreml", "tflite"], calib="32", out=tmp_path_factory.mktemp("exp") / "quick-int8")
+    return out
+
+
+@pytest.fixture(scope="session")
+def other_int8_export(other_shape_ckpt, tmp_path_factory) -> Path:
+    from dtconvert.export import run_export
+
+    out, _ = run_export(other_shape_ckpt, ["executorch", "coreml", "tflite"], calib="32", out=tmp_path_factory.mktemp("exp") / "other-int8")
+    return out
+
+
+@pytest.fixture(scope="session")
+def static_export(quick_ckpt, tmp_path_factory) -> Path:
+    """``--precision int8-static`` (full-integer, calibrated activation scales) of the one-epoch model."""
+    from dtconvert.export import run_export
+
+    out, _ = run_export(quick_ckpt, ["executorch", "coreml", "tflite"], precision="int8-static", calib="32",
+                        out=tmp_path_factory.mktemp("exp") / "int8-static")
     return out
 
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from dtconvert.bench import parse_counts, time_interleaved, validate_report
+from dtconvert.bench import markdown_tables, parse_counts, time_interleaved, validate_report
 from dtconvert.errors import UserError
 from tests.conftest import assert_one_line_error, manifest_of, run_cli
 
@@ -63,8 +63,13 @@ def test_every_runtime_at_every_batch(bench_run, bench_export):
     assert float(note.rsplit(" ", 1)[1]) <= 1e-5, note  # same quantization as the shipped .pte
     assert rows[("LiteRT XNNPACK int8", 2)]["how"] in ("2 × batch-1 calls",) or "resized" in rows[("LiteRT XNNPACK int8", 2)]["how"]
     assert report["threads_effective"]["1"] == {"torch": 1, "litert": 1, "executorch": 1}
-    assert "XNNPACK delegate calls" in rows[("ExecuTorch XNNPACK int8", 1)]["notes"][0]
-    assert "XNNPACK partition" in rows[("LiteRT XNNPACK int8", 1)]["notes"][0]
+    # bench shows the delegate structure of what it timed: the default int8 runs whole in XNNPACK.
+    for key in [("ExecuTorch XNNPACK int8", 1), ("ExecuTorch XNNPACK int8", 2), ("LiteRT XNNPACK int8", 1)]:
+        assert (rows[key]["delegate_partitions"], rows[key]["ops_outside_delegate"]) == (1, 0), (key, rows[key]["notes"])
+    assert rows[("ExecuTorch XNNPACK int8", 1)]["notes"][0] == "1 XNNPACK delegate call; ops outside the delegate: none"
+    assert rows[("LiteRT XNNPACK int8", 1)]["notes"][0] == "1 XNNPACK partition; ops outside the delegate: none"
+    assert rows[("PyTorch eager fp32", 1)]["delegate_partitions"] is None
+    assert "| 1 |" in markdown_tables(report).splitlines()[2 + list(rows).index(("ExecuTorch XNNPACK int8", 1))]
     (coreml,) = report["coreml"]
     assert coreml["timed"] is False and "macOS" in coreml["note"]
     assert coreml["bytes"] == sum(f.stat().st_size for f in (bench_export / coreml["artifact"]).rglob("*") if f.is_file())

@@ -1,4 +1,9 @@
-"""Core ML ``.mlpackage`` (ML program, iOS 17+), fp32 or W8A8 from the shared pt2e program.
+"""Core ML ``.mlpackage`` (ML program, iOS 17+): fp32, int8 weights, or W8A8.
+
+Precision ``int8`` is weight-only: the fp32 program converted, then its weights quantized to
+int8 per output channel (``linear_quantize_weights``; Core ML dequantizes them as constants, so
+every compute unit runs it). ``int8-static`` converts the static pt2e program (int8 activations
+per tensor too), which pays off on the newest Neural Engines only.
 
 Core ML runs only on Apple platforms: on Linux the artifact is converted, saved, reloaded and
 inspected (I/O names, shapes, op list); prediction is left to macOS (see ``dtconvert verify``).
@@ -12,7 +17,32 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dtconvert.targets import INPUT_NAME, OUTPUT_NAME, ExportError, ExportJob, RunnerUnavailable
+from dtconvert.targets import (
+    FP32,
+    INPUT_NAME,
+    INT8_LARGE_WEIGHTS,
+    INT8_WEIGHTS,
+    OUTPUT_NAME,
+    WEIGHT_THRESHOLD,
+    ExportError,
+    ExportJob,
+    RunnerUnavailable,
+    Scheme,
+)
+
+SCHEMES = {
+    "int8": Scheme(
+        "weight-only", INT8_LARGE_WEIGHTS,
+        "float16 (Core ML's ML-program default)",
+        "runs on every compute unit and agrees with fp32 as closely as fp16 allows; int8 activations (W8A8) pay off "
+        "on the newest Neural Engines only and cost fidelity everywhere",
+    ),
+    "int8-static": Scheme(
+        "static", INT8_WEIGHTS, "int8 per tensor with scales fixed by calibration (linear, conv, add, mul); the rest float16",
+        "the static pt2e program for Neural Engines that run int8 activations",
+    ),
+    "fp32": FP32,
+}
 
 # ct.convert on a torch.export program drops a debugging aid into the package root; the
 # package's own Manifest.json does not list it and Core ML never reads it.
@@ -26,6 +56,25 @@ def mil_ops(path: Path) -> dict[str, int]:
     return dict(sorted(program_ops(path).items()))
 
 
+def mil_op_precisions(path: Path) -> dict[str, dict[str, int]]:
+    """``{"int8": {op: n}, "float": {op: n}}`` for the compute ops of a saved ML program: an op
+    counts as int8 when an input comes from an int8 constant (``constexpr_affine_dequantize``,
+    weight-only) or from a ``dequantize`` op (int8 activations)."""
+    from dtconvert.mil_reference import load_program
+
+    int8_sources = {"constexpr_affine_dequantize", "dequantize"}
+    kinds: dict[str, dict[str, int]] = {"int8": {}, "float": {}}
+    function = load_program(path).functions["main"]
+    made_by = {out.name: op.op_type for op in function.operations for out in op.outputs}
+    for op in function.operations:
+        if op.op_type in {"const", "cast", "reshape", "transpose", "slice_by_index", "quantize"} | int8_sources:
+            continue
+        inputs = [v.name for v in op.inputs.values() if hasattr(v, "name")]
+        kind = "int8" if any(made_by.get(name) in int8_sources for name in inputs) else "float"
+        kinds[kind][op.op_type] = kinds[kind].get(op.op_type, 0) + 1
+    return {k: dict(sorted(v.items())) for k, v in kinds.items()}
+
+
 def io_spec(path: Path) -> dict:
     """Input and output names, shapes and dtypes as the saved package declares them."""
     from dtconvert.mil_reference import io_signature
@@ -36,13 +85,18 @@ def io_spec(path: Path) -> dict:
 class CoreMLTarget:
     name = "coreml"
     extension = "mlpackage"
+    schemes = SCHEMES
 
     def export(self, job: ExportJob, path: Path) -> dict:
         import coremltools as ct
 
-        module = job.quantized_encoder if job.precision == "int8" else job.encoder
+        module = job.encoder
+        if job.precision == "int8-static":
+            from dtconvert.quantize import pt2e_quantize
+
+            module = pt2e_quantize(job.encoder, job.example, job.calibration, dynamic=False)
         program = torch.export.export(module, (job.example,)).run_decompositions({})
-        # fp32 keeps float32 compute; int8 computes its float parts in fp16, Core ML's default.
+        # fp32 keeps float32 compute; the int8 schemes compute their float parts in fp16, Core ML's default.
         precision = ct.precision.FLOAT32 if job.precision == "fp32" else ct.precision.FLOAT16
         try:
             model = ct.convert(
@@ -55,6 +109,10 @@ class CoreMLTarget:
             )
         except (NotImplementedError, ValueError, RuntimeError) as e:
             raise ExportError(f"coremltools could not convert the encoder: {str(e).strip().splitlines()[0]}") from e
+        if job.precision == "int8":
+            config = ct.optimize.coreml.OptimizationConfig(global_config=ct.optimize.coreml.OpLinearQuantizerConfig(
+                mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=WEIGHT_THRESHOLD))
+            model = ct.optimize.coreml.linear_quantize_weights(model, config=config)
         meta = job.metadata
         model.author = meta.get("author", "dtconvert")
         model.version = meta.get("version", "")
@@ -70,7 +128,8 @@ class CoreMLTarget:
         if [i["name"] for i in io["inputs"]] != [INPUT_NAME] or [o["name"] for o in io["outputs"]] != [OUTPUT_NAME]:
             raise ExportError(f"Core ML model reloaded with unexpected I/O: {io}")
         return {"compute_precision": "float32" if job.precision == "fp32" else "float16",
-                "deployment_target": "iOS17", "ops": mil_ops(path), **io}
+                "deployment_target": "iOS17", "ops": mil_ops(path), **io,
+                "quantization": {**SCHEMES[job.precision].describe(), "ops": mil_op_precisions(path)}}
 
     def runner(self, path: Path):
         if platform.system() != "Darwin":
@@ -85,4 +144,4 @@ def directory_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-__all__ = ["CoreMLTarget", "directory_bytes", "io_spec", "mil_ops"]
+__all__ = ["CoreMLTarget", "directory_bytes", "io_spec", "mil_op_precisions", "mil_ops"]

@@ -1,10 +1,17 @@
 """TFLite ``.tflite``: torch → ONNX (dynamo) → onnx2tf (graph only) → TFLiteConverter.
 
-onnx2tf translates the graph; TensorFlow's own converter does the full-integer quantization
-with the calibration images as representative data, since onnx2tf's quantization changed the
-float graph it produced (TOOLCHAIN.md, pitfall 3). Only builtin ops are allowed: a Flex
-(Select TF) op is an export error. Two numeric gates catch silent mistranslation: onnxruntime
-on the ONNX file and TensorFlow on onnx2tf's SavedModel must both match torch in float32.
+onnx2tf translates the graph; TensorFlow's own converter quantizes, since onnx2tf's
+quantization changed the float graph it produced (TOOLCHAIN.md, pitfall 3). Only builtin ops
+are allowed: a Flex (Select TF) op is an export error. Two numeric gates catch silent
+mistranslation: onnxruntime on the ONNX file and TensorFlow on onnx2tf's SavedModel must both
+match torch in float32.
+
+Precision ``int8`` is dynamic-range quantization (int8 weights; the XNNPACK delegate quantizes
+the inputs of fully connected and conv layers at run time): LiteRT's XNNPACK delegate takes the
+whole graph as one partition. ``int8-static`` is full-integer quantization with the calibration
+images as representative data: XNNPACK takes no int8 RSQRT, SOFTMAX, SQUARED_DIFFERENCE, DIV,
+standalone RELU, nor BATCH_MATMUL with a non-zero right-hand zero point, so on a CPU it runs in
+many partitions (recorded in the manifest); it is meant for accelerators that need it.
 
 onnx2tf must never reach the network: it runs in a scratch directory holding its sample-data
 file, with the input kept NCHW (the sample download is tied to NHWC 3-channel inputs), and with
@@ -23,7 +30,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dtconvert.targets import INPUT_NAME, OUTPUT_NAME, ExportError, ExportJob
+from dtconvert.targets import FP32, INPUT_NAME, INT8_LARGE_WEIGHTS, INT8_WEIGHTS, OUTPUT_NAME, ExportError, ExportJob, Scheme
+
+SCHEMES = {
+    "int8": Scheme(
+        "dynamic", INT8_LARGE_WEIGHTS,
+        "int8 per tensor, quantized at run time by the delegate, at the inputs of fully connected and conv layers; "
+        "everything else float32",
+        "LiteRT's XNNPACK delegate runs it as one partition; full-integer int8 falls apart into dozens of partitions "
+        "around the ops XNNPACK takes only in float (RSQRT, SOFTMAX, ...)",
+    ),
+    "int8-static": Scheme(
+        "static", INT8_WEIGHTS, "int8 per tensor with scales fixed by calibration, every op (full integer)",
+        "for accelerators that need a full-integer model; on a CPU, XNNPACK splits it (see delegation)",
+    ),
+    "fp32": FP32,
+}
 
 FLOAT_GATE = 1e-4  # max abs error allowed between torch and each float intermediate
 SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
@@ -71,6 +93,57 @@ def tflite_ops(path: Path) -> dict[str, int]:
     return dict(sorted(ops.items()))
 
 
+def op_precisions(path: Path) -> dict[str, dict[str, int]]:
+    """``{"int8": {op: n}, "float": {op: n}}``: an op counts as int8 when one of its inputs (the
+    activation, or the weights of a dynamic-range op) is int8. QUANTIZE and DEQUANTIZE convert
+    between the two and are not counted."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    kinds: dict[str, Counter] = {"int8": Counter(), "float": Counter()}
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            name = code.customCode.decode() if code.customCode else names[max(code.builtinCode, code.deprecatedBuiltinCode)]
+            if name in ("QUANTIZE", "DEQUANTIZE"):
+                continue
+            int8 = any(i >= 0 and subgraph.tensors[i].type == schema.TensorType.INT8 for i in op.inputs)
+            kinds["int8" if int8 else "float"][name] += 1
+    return {k: dict(sorted(v.items())) for k, v in kinds.items()}
+
+
+def delegation(path: Path, threads: int = 1) -> dict:
+    """How LiteRT's default XNNPACK delegate partitions the model: one ``DELEGATE`` node per
+    partition, and the model's ops that no partition covers (they run on LiteRT's own kernels).
+
+    A partition covers the ops between its input and output tensors; an op is outside when it
+    lies on no delegate's path, found by walking back from each delegate's outputs."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=threads)
+    interpreter.allocate_tensors()  # the delegate is applied here
+    nodes = interpreter._get_ops_details()
+    delegates = [n for n in nodes if n["op_name"] == "DELEGATE"]
+    originals = [n for n in nodes if n["op_name"] != "DELEGATE"]
+    producer = {int(t): n["index"] for n in originals for t in n["outputs"] if t >= 0}
+    by_index = {n["index"]: n for n in originals}
+    covered: set[int] = set()
+    for delegate in delegates:
+        boundary = {int(t) for t in delegate["inputs"]}
+        pending = [int(t) for t in delegate["outputs"]]
+        while pending:
+            tensor = pending.pop()
+            node = producer.get(tensor)
+            if tensor in boundary or node is None or node in covered:
+                continue
+            covered.add(node)
+            pending.extend(int(t) for t in by_index[node]["inputs"] if t >= 0)
+    outside = Counter(n["op_name"] for n in originals if n["index"] not in covered)
+    return {"delegate": "XNNPACK", "partitions": len(delegates), "ops_outside_delegate": dict(sorted(outside.items()))}
+
+
 def non_builtin_ops(ops: dict[str, int]) -> list[str]:
     return [name for name in ops if name.startswith("Flex") or not name.isupper()]
 
@@ -109,6 +182,7 @@ def make_runner(path: Path, reference_kernels: bool = False, threads: int | None
 class TFLiteTarget:
     name = "tflite"
     extension = "tflite"
+    schemes = SCHEMES
 
     def export(self, job: ExportJob, path: Path) -> dict:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -127,7 +201,9 @@ class TFLiteTarget:
         flex = non_builtin_ops(ops)
         if flex:
             raise ExportError(f"the TFLite model needs non-builtin ops {flex}; only builtin ops may ship")
-        return {"ops": ops, **io_details(path)}
+        return {"ops": ops, **io_details(path),
+                "quantization": {**SCHEMES[job.precision].describe(), "ops": op_precisions(path)},
+                "delegation": delegation(path)}
 
     def _onnx(self, job: ExportJob, onnx_path: Path, x: np.ndarray, reference: np.ndarray) -> Path:
         import onnxruntime as ort
@@ -191,6 +267,9 @@ class TFLiteTarget:
 
         converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
         if job.precision == "int8":
+            # Dynamic range: int8 weights, no representative data; XNNPACK quantizes activations at run time.
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        elif job.precision == "int8-static":
             calibration = job.calibration
 
             def representative():

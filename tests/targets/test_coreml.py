@@ -20,11 +20,17 @@ def test_mlpackage_reloads_with_the_manifest_io(which, int8_export, fp32_export)
     assert entry["details"]["compute_precision"] == ("float16" if which == "int8" else "float32")
 
 
-def test_int8_program_is_w8a8(int8_export, fp32_export):
+def test_int8_program_is_weight_only(int8_export, fp32_export):
     ops = mil_ops(artifact(int8_export, "coreml")[0])
+    assert ops.get("constexpr_affine_dequantize", 0) >= 8  # int8 weights
+    assert "quantize" not in ops and "dequantize" not in ops  # float activations
+    assert "constexpr_affine_dequantize" not in mil_ops(artifact(fp32_export, "coreml")[0])
+
+
+def test_int8_static_program_is_w8a8(static_export):
+    ops = mil_ops(artifact(static_export, "coreml")[0])
     assert ops.get("constexpr_affine_dequantize", 0) > 0  # int8 weights
     assert ops.get("quantize", 0) > 0 and ops.get("dequantize", 0) > 0  # int8 activations
-    assert "quantize" not in mil_ops(artifact(fp32_export, "coreml")[0])
 
 
 def test_metadata_is_embedded(int8_export):

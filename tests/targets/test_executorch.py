@@ -46,11 +46,39 @@ def test_twin_end_to_end_check_catches_a_swapped_wire_scale(int8_export, int8_re
         assert_end_to_end("executorch", "int8", logits, int8_reference)
 
 
-def test_compute_ops_are_all_delegated(int8_export):
-    _, entry = artifact(int8_export, "executorch")
-    outside = entry["details"]["ops_outside_delegate"]
-    assert not set(outside) & COMPUTE_OPS, outside
-    assert entry["details"]["delegates"] >= 1
+@pytest.mark.parametrize("fixture", ["int8_export", "fp32_export", "static_export"])
+def test_every_precision_is_one_delegate_call(fixture, request):
+    from dtconvert.targets.executorch import pte_kernel_ops
+
+    path, entry = artifact(request.getfixturevalue(fixture), "executorch")
+    kernels, delegates = pte_kernel_ops(path)
+    assert (kernels, delegates) == ({}, 1)
+    assert entry["delegation"] == {"delegate": "XNNPACK", "delegate_calls": 1, "ops_outside_delegate": {}}
+
+
+def test_whole_graph_partitioner_merges_what_xnnpack_leaves_apart(int8_export, int8_reference):
+    """Dynamic quantization feeds q, k and v from one choose_qparams; XNNPACK's one-pass merge
+    then leaves several delegate calls back to back. Ours merges them to one, and the twin (the
+    stock partitioner on the same module) shows the split is real."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.backends.xnnpack.utils.configs import get_transform_passes, get_xnnpack_edge_compile_config
+    from executorch.exir import to_edge_transform_and_lower
+
+    from dtconvert.targets import executorch as et
+
+    example = torch.from_numpy(int8_reference.images[:1].copy())
+    module = et.prepare(int8_reference.model.encoder.eval(), example, int8_reference.images[:32], "int8")
+    stock = to_edge_transform_and_lower(torch.export.export(module, (example,)), partitioner=[XnnpackPartitioner()],
+                                        transform_passes=get_transform_passes(), compile_config=get_xnnpack_edge_compile_config())
+    ours = et.lower(module, example)
+
+    def calls(edge):
+        return sum("executorch_call_delegate" in getattr(n.target, "__name__", "") for n in edge.exported_program().graph_module.graph.nodes)
+
+    assert calls(ours) == 1
+    assert calls(stock) > 1
+    assert not [op for op, _ in et.outside_delegate(stock.exported_program().graph_module) if et._op_base(op) in COMPUTE_OPS]
 
 
 def test_int8_is_smaller_than_fp32(int8_export, fp32_export):
