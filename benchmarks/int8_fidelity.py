@@ -61,8 +61,9 @@ def main() -> None:
             failed = {(c["artifact"], c["runtime"]) for c in verification["failed"]}
             heldout = manifest["model"]["heldout_metrics"]
             for entry in (e for e in manifest["artifacts"] if e["part"] == "device"):
-                structure = verification["structure"].get(entry["path"], {}).get("delegation")
                 for runtime, numbers in verification["metrics"][entry["path"]].items():
+                    # The delegate structure belongs to the runtimes that delegate (not the reference kernels).
+                    structure = verification["structure"].get(entry["path"], {}).get("delegation") if "XNNPACK" in runtime else None
                     rows.append({
                         "model": model, "fp32_heldout": heldout, "precision": precision, "target": entry["target"],
                         "scheme": entry["quantization"]["scheme"], "runtime": runtime,
