@@ -255,7 +255,8 @@ def _print_verify_table(report) -> None:
 @app.command()
 @user_errors
 def serve(
-    export_dir: Path = typer.Argument(..., help="A directory written by 'dtconvert export'."),
+    export_dirs: list[Path] = typer.Argument(..., help="Directories written by 'dtconvert export'. Several: one shared cloud trunk "
+                                             "serving every device variant, if their trunks are bit-identical (device tuning)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface)."),
     port: int = typer.Option(8080, "--port", min=0, max=65535, help="TCP port (0: pick a free one and print it)."),
     max_batch: int = typer.Option(32, "--max-batch", min=1, help="Most images decoded together (1 turns micro-batching off)."),
@@ -263,13 +264,13 @@ def serve(
     max_body: Optional[int] = typer.Option(None, "--max-body-bytes", min=64, help="Largest accepted request body (default: header + max(4, max-batch) images)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Decoder threads (default: one per core but one, left to the HTTP event loop)."),
 ) -> None:
-    """Serve the cloud decoder over HTTP: POST /v1/decode, GET /healthz, /v1/model, /metrics.
+    """Serve the cloud decoder over HTTP: POST /v1/decode, GET /healthz, /v1/model(s), /metrics.
 
-    Example: dtconvert serve export/digits --port 8080
+    Example: dtconvert serve export/digits export/digits-tune --port 8080
     """
     from dtconvert.server import serve as run_server
 
-    run_server(export_dir, host, port, max_batch, max_wait_ms, max_body, threads, announce=lambda line: typer.echo(line))
+    run_server(export_dirs, host, port, max_batch, max_wait_ms, max_body, threads, announce=lambda line: typer.echo(line))
 
 
 @app.command()
@@ -407,7 +408,7 @@ def demo(
     console.rule("3. serve the cloud decoder on loopback; the reference client sends every held-out digit")
     images, labels, names = client_images(export_dir, manifest, None, None)
     reports = []
-    with BackgroundServer(export_dir) as server:
+    with BackgroundServer([export_dir]) as server:
         console.print(f"dtconvert serve {export_dir} listening on {server.url}", highlight=False)
         for target in ("executorch", "tflite"):
             started = time.perf_counter()

@@ -59,11 +59,12 @@ class DecoderClient:
             raise ServerError(f"{self.url}{path}: HTTP {response.status}, not a JSON answer") from None
         return response.status, answer
 
-    def model(self) -> dict:
-        status, answer = self._request("GET", "/v1/model")
+    def model_ids(self) -> list[str]:
+        """The model ids the server serves (``/healthz``: ``model_ids``, or the one ``model_id`` of an older server)."""
+        status, answer = self._request("GET", "/healthz")
         if status != 200:
-            raise ServerError(f"{self.url}/v1/model: HTTP {status}: {answer.get('error', answer)}")
-        return answer
+            raise ServerError(f"{self.url}/healthz: HTTP {status}: {answer.get('error', answer)}")
+        return list(answer.get("model_ids") or [answer.get("model_id")])
 
     def decode(self, message: bytes, top_k: int = 3) -> tuple[dict, float]:
         """POST one wire message; return the JSON answer and the round-trip time in ms."""
@@ -165,10 +166,10 @@ def run_client(export_dir: Path, target: str, url: str, images: np.ndarray, labe
     scale, zero_point, model_id = float(np.float32(wire["scale"])), int(wire["zero_point"]), manifest["model"]["id"]
     client = DecoderClient(url)
     try:
-        served = client.model()
-        if served["model"]["id"] != model_id:
-            raise UserError(f"{url} serves model {served['model']['id']}, but {export_dir} is model {model_id}; "
-                            "start the server on the same export")
+        served = client.model_ids()
+        if model_id not in served:
+            raise UserError(f"{url} serves model {', '.join(served)}, but {export_dir} is model {model_id}; "
+                            "start the server on this export (several exports may share one server)")
         report = ClientReport(target, CLIENT_TARGETS[target], url, names)
         tasks = [t["name"] for t in manifest["tasks"]]
         for i in range(len(images)):

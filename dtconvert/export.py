@@ -42,7 +42,7 @@ from dtconvert.targets import (
     artifact_name,
     load_target,
 )
-from dtconvert.targets.torchscript import export_decoder, export_reference, write_triton_repository
+from dtconvert.targets.torchscript import cloud_identity, export_decoder, export_reference, load_decoder, write_triton_repository
 
 TOOLS = ("torch", "executorch", "coremltools", "tensorflow", "onnx", "onnxruntime", "onnx2tf", "ai-edge-litert")
 
@@ -190,6 +190,11 @@ def run_export(checkpoint: Path, targets: list[str], precision: str = "int8", ca
             decoder_file = artifact_name(name, "decoder", "torchscript", "fp32", "pt")
             export_decoder(decoder, [t["name"] for t in tasks], wire_shape, scale, zero_point, staging / decoder_file)
             write_triton_repository(staging / "triton", f"{name}_decoder", staging / decoder_file, wire_shape, tasks)
+            # What a shared cloud proves identity with, read back from the file that ships.
+            cloud = cloud_identity(load_decoder(staging / decoder_file), [t["name"] for t in tasks])
+            init = ckpt.get("init")
+            cloud["tuned_from"] = None if not init else {"checkpoint_sha256": init["sha256"], "tune": init["tune"],
+                                                         "new_tasks": list(init.get("new_tasks") or [])}
         cloud_inputs = [
             {"name": "wire", "shape": [1, *cfg.wire_shape], "dtype": "int8"},
             {"name": "scale", "shape": [1, 1], "dtype": "float32"},
@@ -222,7 +227,7 @@ def run_export(checkpoint: Path, targets: list[str], precision: str = "int8", ca
             "model": {"name": name, "id": manifest_info["model_id"],
                       "checkpoint": {"file": checkpoint.name, "sha256": manifest_info["checkpoint_sha256"]},
                       "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      "heldout_metrics": ckpt["metrics"]["heldout"]},
+                      "heldout_metrics": ckpt["metrics"]["heldout"], "cloud": cloud},
             "precision": precision,
             "device_input": manifest_info["device_input"],
             "wire": manifest_info["wire"],

@@ -1,10 +1,12 @@
 """``dtconvert serve``: the cloud half over HTTP (FastAPI on uvicorn).
 
-The server loads an export's manifest and TorchScript decoder and answers ``POST /v1/decode``
-with each task's top-k labels for a wire-format message (docs/wire-format.md). Concurrent
-requests are decoded as one batch (up to ``max_batch`` images, waiting at most ``max_wait_ms``
-for more to arrive) by a single decode worker. Every byte of a request is validated; a client's
-mistake gets a 4xx with ``{"error": ..., "status": ...}``, never a 500. See docs/serving.md.
+The server loads one or more exports into a :class:`~dtconvert.cloud.SharedCloud` (one trunk,
+every device variant tuned from it) and answers ``POST /v1/decode`` with each task's top-k
+labels for a wire-format message (docs/wire-format.md); the message's model id picks the
+variant. Concurrent requests, of any variants, are decoded as one batch (up to ``max_batch``
+images, waiting at most ``max_wait_ms`` for more to arrive) by a single decode worker. Every byte
+of a request is validated; a client's mistake gets a 4xx with ``{"error": ..., "status": ...}``,
+never a 500. See docs/serving.md.
 """
 
 from __future__ import annotations
@@ -21,110 +23,13 @@ import numpy as np
 import torch
 from fastapi import Request  # resolved at module level: FastAPI reads the handlers' annotations
 
+from dtconvert.cloud import RequestError, SharedCloud, Variant
 from dtconvert.errors import UserError
-from dtconvert.wire import CONTENT_TYPE, WireFormatError, WirePayload, decode_payload, header_size
+from dtconvert.wire import CONTENT_TYPE, WireFormatError, WirePayload, decode_payload
 
 DEFAULT_TOP_K = 3
 # Latency buckets (seconds) for the Prometheus histogram: sub-millisecond to a second.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-
-
-class RequestError(Exception):
-    """A client's mistake: answered with this status and message, counted by ``reason``."""
-
-    def __init__(self, status: int, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.status, self.message, self.reason = status, message, reason
-
-
-# ---- the model ----------------------------------------------------------------------------------
-
-
-class DecoderService:
-    """The loaded cloud decoder and what a request must match, all read from the manifest."""
-
-    def __init__(self, export_dir: Path) -> None:
-        from dtconvert.checkpoint import sha256_file
-        from dtconvert.manifest import load_manifest
-        from dtconvert.targets.torchscript import load_decoder
-
-        manifest = load_manifest(export_dir)
-        clouds = [a for a in manifest["artifacts"] if a["part"] == "cloud" and a["target"] == "torchscript"]
-        if not clouds:
-            raise UserError(f"{export_dir}/manifest.json lists no TorchScript cloud decoder to serve")
-        entry = clouds[0]
-        path = export_dir / entry["path"]
-        if not path.is_file():
-            raise UserError(f"{path}: the cloud decoder the manifest lists is missing")
-        if sha256_file(path) != entry["sha256"]:
-            raise UserError(f"{path}: sha256 does not match the manifest (modified or corrupt); re-export or run 'dtconvert verify'")
-        self.export_dir = export_dir
-        self.manifest = manifest
-        self.decoder = load_decoder(path)
-        self.decoder_path = entry["path"]
-        self.model_id: str = manifest["model"]["id"]
-        self.tasks: list[str] = [t["name"] for t in manifest["tasks"]]
-        self.labels: dict[str, list[str]] = {t["name"]: [str(label) for label in t["labels"]] for t in manifest["tasks"]}
-        wire = manifest["wire"]
-        self.token_shape = tuple(wire["shape"][1:])
-        self.scale = float(np.float32(wire["scale"]))
-        self.zero_point = int(wire["zero_point"])
-        self.bytes_per_image = int(wire["bytes_per_image"])
-        self.header_bytes = header_size(len(wire["shape"]))
-        self._scale_t = torch.tensor([self.scale], dtype=torch.float32)
-        self._zero_point_t = torch.tensor([self.zero_point], dtype=torch.int32)
-        self.max_classes = max(len(v) for v in self.labels.values())
-
-    def warm_up(self, max_batch: int) -> None:
-        """A few calls at batch 1 and at max_batch before the first request: TorchScript's
-        profiling executor optimizes the graph during its first runs (60 ms for the digits decoder's first call)."""
-        for batch in sorted({1, max_batch}):
-            for _ in range(3):
-                self.decode(np.full((batch, *self.token_shape), self.zero_point, dtype=np.int8))
-
-    def public(self) -> dict:
-        """What ``GET /v1/model`` shows: what a device needs to talk to this server, no paths."""
-        m = self.manifest
-        return {
-            "schema_version": m["schema_version"],
-            "model": {k: m["model"][k] for k in ("name", "id", "created") if k in m["model"]},
-            "precision": m["precision"],
-            "device_input": m["device_input"],
-            "wire": m["wire"],
-            "tasks": m["tasks"],
-            "wire_format": {"version": 1, "content_type": CONTENT_TYPE, "header_bytes": self.header_bytes},
-        }
-
-    def check(self, payload: WirePayload) -> list[str]:
-        """Raise RequestError (422) if a well-formed message does not fit this model; return the tasks asked."""
-        if payload.model_id != self.model_id:
-            raise RequestError(422, f"model id {payload.model_id} is not the loaded model {self.model_id}", "model_id")
-        shape = tuple(payload.tensor.shape)
-        if len(shape) != 1 + len(self.token_shape) or shape[1:] != self.token_shape:
-            expected = ["B", *self.token_shape]
-            raise RequestError(422, f"wire shape {list(shape)} does not match the model's {expected}", "shape")
-        if payload.scale != self.scale:
-            raise RequestError(422, f"scale {payload.scale!r} is not the model's wire scale {self.scale!r}", "scale")
-        if payload.zero_point != self.zero_point:
-            raise RequestError(422, f"zero_point {payload.zero_point} is not the model's {self.zero_point}", "zero_point")
-        mask = payload.task_mask
-        if mask >> len(self.tasks):
-            raise RequestError(422, f"task_mask 0x{mask:x} asks for task bits beyond the model's {len(self.tasks)} tasks", "task_mask")
-        return [t for i, t in enumerate(self.tasks) if mask == 0 or mask >> i & 1]
-
-    def decode(self, wire: np.ndarray) -> list[np.ndarray]:
-        """int8 wire (N, T, D) → softmax probabilities per task, in manifest order."""
-        with torch.inference_mode():
-            logits = self.decoder(torch.from_numpy(wire), self._scale_t, self._zero_point_t)
-            return [torch.softmax(x.float(), dim=-1).numpy() for x in logits]
-
-    def top_k(self, probs: list[np.ndarray], row: int, tasks: list[str], k: int) -> dict:
-        out = {}
-        for name in tasks:
-            p = probs[self.tasks.index(name)][row]
-            order = np.argsort(-p, kind="stable")[: min(k, len(p))]
-            out[name] = [{"label": self.labels[name][i], "index": int(i), "score": round(float(p[i]), 6)} for i in order]
-        return out
 
 
 # ---- micro-batching ---------------------------------------------------------------------------------
@@ -133,18 +38,20 @@ class DecoderService:
 @dataclass
 class _Job:
     wire: np.ndarray
+    variant: Variant
     future: asyncio.Future
     queued: float = field(default_factory=time.perf_counter)
 
 
 class MicroBatcher:
     """Decodes concurrent requests together: up to ``max_batch`` images, waiting at most
-    ``max_wait_ms`` after the first one for more. One worker thread runs the decoder, so
-    requests that arrive while it is busy form the next batch."""
+    ``max_wait_ms`` after the first one for more, whatever variant each belongs to. One worker
+    thread runs the decoder, so requests that arrive while it is busy form the next batch.
+    ``on_batch(owners)`` sees every batch's rows by variant (for the metrics)."""
 
-    def __init__(self, service: DecoderService, max_batch: int, max_wait_ms: float, on_batch=None) -> None:
+    def __init__(self, service: SharedCloud, max_batch: int, max_wait_ms: float, on_batch=None) -> None:
         self.service, self.max_batch, self.max_wait = service, max_batch, max_wait_ms / 1000.0
-        self.on_batch = on_batch or (lambda images: None)
+        self.on_batch = on_batch or (lambda owners: None)
         self.queue: asyncio.Queue[_Job] = asyncio.Queue()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dtconvert-decode")
         self.task: asyncio.Task | None = None
@@ -168,8 +75,8 @@ class MicroBatcher:
                 pass
         self.executor.shutdown(wait=True)
 
-    async def submit(self, wire: np.ndarray) -> tuple[list[np.ndarray], dict]:
-        job = _Job(wire, asyncio.get_running_loop().create_future())
+    async def submit(self, wire: np.ndarray, variant: Variant) -> tuple[list[list[np.ndarray]], dict]:
+        job = _Job(wire, variant, asyncio.get_running_loop().create_future())
         await self.queue.put(job)
         return await job.future
 
@@ -201,29 +108,31 @@ class MicroBatcher:
         while True:
             jobs = await self._collect()
             wire = np.concatenate([j.wire for j in jobs])  # a writable copy: request bodies are read-only
+            owners = [j.variant for j in jobs for _ in range(len(j.wire))]
             started = time.perf_counter()
             try:
-                probs = await loop.run_in_executor(self.executor, self.service.decode, wire)
+                probs = await loop.run_in_executor(self.executor, self.service.decode, wire, owners)
             except Exception as e:  # the decoder itself failed: the server's fault, a 500
                 for j in jobs:
                     if not j.future.done():
                         j.future.set_exception(e)
                 continue
             decode_ms = (time.perf_counter() - started) * 1000.0
-            self.on_batch(len(wire))
+            self.on_batch(owners)
             row = 0
             for j in jobs:
                 n = len(j.wire)
-                timing = {"queue_ms": round((started - j.queued) * 1000.0, 3), "decode_ms": round(decode_ms, 3), "batch_images": len(wire)}
+                timing = {"queue_ms": round((started - j.queued) * 1000.0, 3), "decode_ms": round(decode_ms, 3), "batch_images": len(wire),
+                          "batch_models": len(set(map(id, owners)))}
                 if not j.future.done():  # the client may have gone away
-                    j.future.set_result(([p[row : row + n] for p in probs], timing))
+                    j.future.set_result((probs[row : row + n], timing))
                 row += n
 
 
 # ---- the HTTP app ------------------------------------------------------------------------------------
 
 
-def create_app(service: DecoderService, max_batch: int = 32, max_wait_ms: float = 2.0, max_body_bytes: int | None = None):
+def create_app(service: SharedCloud, max_batch: int = 32, max_wait_ms: float = 2.0, max_body_bytes: int | None = None):
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI
@@ -236,17 +145,33 @@ def create_app(service: DecoderService, max_batch: int = 32, max_wait_ms: float 
         max_body_bytes = default_max_body(service, max_batch)
     registry = CollectorRegistry()
     requests_total = Counter("dtconvert_requests_total", "HTTP requests answered, by endpoint and status.", ["endpoint", "status"], registry=registry)
+    decode_total = Counter("dtconvert_decode_requests_total", "/v1/decode requests answered, by model id and status "
+                           "(model_id \"-\" when the message named none that could be read).", ["model_id", "status"], registry=registry)
     errors_total = Counter("dtconvert_request_errors_total", "Rejected /v1/decode requests, by reason.", ["reason"], registry=registry)
     batch_images = Histogram("dtconvert_batch_images", "Images per decoder call (micro-batch size).",
                              buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=registry)
+    batch_models = Histogram("dtconvert_batch_models", "Device variants (model ids) per decoder call: above 1, a mixed batch.",
+                             buckets=(1, 2, 3, 4, 8, 16), registry=registry)
+    batch_rows = Counter("dtconvert_batch_rows_total", "Images decoded, by model id.", ["model_id"], registry=registry)
+    mixed_batches = Counter("dtconvert_mixed_batches_total", "Decoder calls whose batch held rows of more than one model id.", registry=registry)
     latency = Histogram("dtconvert_decode_request_seconds", "Time from the request's arrival to its answer, /v1/decode.",
                         buckets=LATENCY_BUCKETS, registry=registry)
     in_flight = Gauge("dtconvert_requests_in_flight", "/v1/decode requests being handled.", registry=registry)
     state = {"batcher": None, "draining": False}
 
+    def on_batch(owners: list[Variant]) -> None:
+        batch_images.observe(len(owners))
+        ids = [v.model_id for v in owners]
+        distinct = set(ids)
+        batch_models.observe(len(distinct))
+        if len(distinct) > 1:
+            mixed_batches.inc()
+        for model_id in distinct:
+            batch_rows.labels(model_id).inc(ids.count(model_id))
+
     @asynccontextmanager
     async def lifespan(app):
-        batcher = MicroBatcher(service, max_batch, max_wait_ms, on_batch=batch_images.observe)
+        batcher = MicroBatcher(service, max_batch, max_wait_ms, on_batch=on_batch)
         await batcher.start()
         state["batcher"] = batcher
         yield
@@ -276,12 +201,26 @@ def create_app(service: DecoderService, max_batch: int = 32, max_wait_ms: float 
     @app.get("/healthz")
     async def healthz():
         requests_total.labels("/healthz", "200").inc()
-        return {"status": "ok", "model_id": service.model_id}
+        # model_id: the first variant, as a one-variant server has always answered; model_ids: all of them.
+        return {"status": "ok", "model_id": service.model_ids[0], "model_ids": service.model_ids}
 
     @app.get("/v1/model")
-    async def model():
+    async def model(request: Request):
+        wanted = request.query_params.get("id")
+        if wanted is None and len(service.variants) > 1:
+            requests_total.labels("/v1/model", "409").inc()
+            return error(409, f"this server serves {len(service.variants)} models ({', '.join(service.model_ids)}): "
+                              "GET /v1/models, or /v1/model?id=MODEL_ID")
+        if wanted is not None and wanted not in service.variants:
+            requests_total.labels("/v1/model", "404").inc()
+            return error(404, f"model id {wanted!r} is not served here (serving {', '.join(service.model_ids)})")
         requests_total.labels("/v1/model", "200").inc()
-        return service.public()
+        return service.variants[wanted or service.model_ids[0]].public()
+
+    @app.get("/v1/models")
+    async def models():
+        requests_total.labels("/v1/models", "200").inc()
+        return {"models": [v.summary() for v in service.variants.values()]}
 
     @app.get("/metrics")
     async def metrics():
@@ -291,23 +230,27 @@ def create_app(service: DecoderService, max_batch: int = 32, max_wait_ms: float 
     async def decode(request: Request):
         arrived = time.perf_counter()
         in_flight.inc()
+        model_id = "-"
         try:
-            tasks, payload, k = await _parse(request)
-            probs, timing = await state["batcher"].submit(payload.tensor)
-            predictions = [service.top_k(probs, row, tasks, k) for row in range(len(payload.tensor))]
+            variant, tasks, payload, k = await _parse(request)
+            model_id = variant.model_id
+            probs, timing = await state["batcher"].submit(payload.tensor, variant)
+            predictions = [service.top_k(variant, row, tasks, k) for row in probs]
             timing["server_ms"] = round((time.perf_counter() - arrived) * 1000.0, 3)
             requests_total.labels("/v1/decode", "200").inc()
+            decode_total.labels(model_id, "200").inc()
             latency.observe(time.perf_counter() - arrived)
             # A Response, not a dict: skips FastAPI's per-request jsonable_encoder walk.
-            return JSONResponse({"model_id": service.model_id, "tasks": tasks, "predictions": predictions, "timing": timing})
+            return JSONResponse({"model_id": model_id, "tasks": tasks, "predictions": predictions, "timing": timing})
         except RequestError as e:
             errors_total.labels(e.reason).inc()
             requests_total.labels("/v1/decode", str(e.status)).inc()
+            decode_total.labels(model_id if model_id in service.variants else "-", str(e.status)).inc()
             return error(e.status, e.message)
         finally:
             in_flight.dec()
 
-    async def _parse(request: Request) -> tuple[list[str], WirePayload, int]:
+    async def _parse(request: Request) -> tuple[Variant, list[str], WirePayload, int]:
         if state["draining"]:
             raise RequestError(503, "the server is shutting down; retry on another instance", "shutting_down")
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -329,7 +272,8 @@ def create_app(service: DecoderService, max_batch: int = 32, max_wait_ms: float 
             payload = decode_payload(bytes(body), max_bytes=max_body_bytes)
         except WireFormatError as e:
             raise RequestError(400, f"invalid wire message: {e}", "wire_format") from None
-        return service.check(payload), payload, k
+        variant, tasks = service.check(payload)
+        return variant, tasks, payload, k
 
     return app
 
@@ -351,9 +295,9 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 1) - 1)
 
 
-def default_max_body(service: DecoderService, max_batch: int) -> int:
+def default_max_body(service: SharedCloud, max_batch: int) -> int:
     """Room for a batch of ``max_batch`` images plus the header, at least 4 images' worth."""
-    return service.header_bytes + service.bytes_per_image * max(4, max_batch)
+    return service.header_bytes + service.max_bytes_per_image * max(4, max_batch)
 
 
 # ---- running it ---------------------------------------------------------------------------------------
@@ -374,7 +318,7 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def make_server(service: DecoderService, sock: socket.socket, max_batch: int, max_wait_ms: float,
+def make_server(service: SharedCloud, sock: socket.socket, max_batch: int, max_wait_ms: float,
                 max_body_bytes: int | None, graceful_seconds: float = 30.0, own_logging: bool = True):
     """A uvicorn server for the app. ``own_logging=False`` leaves logging alone (an embedded
     server): uvicorn's default config binds handlers to the sys.stderr of the moment, which a
@@ -388,16 +332,18 @@ def make_server(service: DecoderService, sock: socket.socket, max_batch: int, ma
     return uvicorn.Server(config)
 
 
-def serve(export_dir: Path, host: str, port: int, max_batch: int, max_wait_ms: float, max_body_bytes: int | None,
+def serve(export_dirs: list[Path], host: str, port: int, max_batch: int, max_wait_ms: float, max_body_bytes: int | None,
           threads: int | None, announce=print) -> None:
     torch.set_num_threads(threads or default_threads())
-    service = DecoderService(export_dir)
+    service = SharedCloud(export_dirs)
     sock = bind(host, port)
     actual = sock.getsockname()[1]
     server = make_server(service, sock, max_batch, max_wait_ms, max_body_bytes)
     limit = max_body_bytes or default_max_body(service, max_batch)
     url_host = f"[{host}]" if ":" in host else host
-    announce(f"serving {service.manifest['model']['name']} ({service.model_id}, tasks {', '.join(service.tasks)}) "
+    served = "; ".join(f"{v.manifest['model']['name']} ({v.model_id}, tasks {', '.join(v.tasks)})" for v in service.variants.values())
+    shared = f", one shared trunk for {len(service.variants)} variants" if len(service.variants) > 1 else ""
+    announce(f"serving {served}{shared} "
              f"on http://{url_host}:{actual}  max-batch {max_batch}, max-wait {max_wait_ms:g} ms, body limit {limit} B, "
              f"{torch.get_num_threads()} decoder threads; Ctrl-C stops after answering requests in flight")
     # uvicorn answers SIGTERM and Ctrl-C with a graceful shutdown (no new connections, requests in
@@ -417,11 +363,11 @@ def _exit_cleanly(signum, frame) -> None:
 class BackgroundServer:
     """The real server on a loopback port in a thread of this process (``dtconvert demo``)."""
 
-    def __init__(self, export_dir: Path, host: str = "127.0.0.1", max_batch: int = 32, max_wait_ms: float = 2.0) -> None:
+    def __init__(self, export_dirs: list[Path], host: str = "127.0.0.1", max_batch: int = 32, max_wait_ms: float = 2.0) -> None:
         import threading
 
         torch.set_num_threads(default_threads())
-        self.service = DecoderService(export_dir)
+        self.service = SharedCloud(export_dirs)
         self.sock = bind(host, 0)
         self.url = f"http://{host}:{self.sock.getsockname()[1]}"
         self.server = make_server(self.service, self.sock, max_batch, max_wait_ms, None, own_logging=False)

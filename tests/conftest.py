@@ -87,6 +87,17 @@ def digits_ckpt(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tuned_ckpt(digits_ckpt, tmp_path_factory) -> Path:
+    """digits-tune exactly as shipped: device tuning from digits_ckpt, the cloud trunk bit-identical."""
+    from dtconvert.recipe import load_recipe
+    from dtconvert.train import train
+
+    out = tmp_path_factory.mktemp("tuned")
+    train(load_recipe(RECIPES / "digits-tune.yaml"), out, init=digits_ckpt, show_progress=False)
+    return out / "ckpt.pt"
+
+
+@pytest.fixture(scope="session")
 def other_shape_ckpt(tmp_path_factory) -> Path:
     """The OTHER shape after one epoch on the digits (seconds), as quick_ckpt is for the digits shape.
 
@@ -124,6 +135,15 @@ def fp32_export(quick_ckpt, tmp_path_factory) -> Path:
 
     out, _ = run_export(quick_ckpt, ["executorch", "coreml", "tflite"], precision="fp32", calib="32",
                         out=tmp_path_factory.mktemp("exp") / "fp32")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tuned_export(tuned_ckpt, tmp_path_factory) -> Path:
+    """The device-tuned variant (digit, odd, mod3) exported for the two runtimes the client runs."""
+    from dtconvert.export import run_export
+
+    out, _ = run_export(tuned_ckpt, ["executorch", "tflite"], out=tmp_path_factory.mktemp("exp") / "digits-tune")
     return out
 
 

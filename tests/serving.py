@@ -45,9 +45,11 @@ def dtconvert_command() -> list[str]:
 
 
 @contextmanager
-def running_server(export_dir: Path, *args: str, timeout: float = 120.0):
+def running_server(export_dir: Path | list[Path], *args: str, timeout: float = 120.0):
+    """``export_dir``: one export, or a list of exports for one shared-cloud server."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    process = subprocess.Popen([*dtconvert_command(), "serve", str(export_dir), "--host", "127.0.0.1", "--port", "0", *args],
+    exports = [str(d) for d in export_dir] if isinstance(export_dir, (list, tuple)) else [str(export_dir)]
+    process = subprocess.Popen([*dtconvert_command(), "serve", *exports, "--host", "127.0.0.1", "--port", "0", *args],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     output: list[str] = []
     found = threading.Event()

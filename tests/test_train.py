@@ -49,13 +49,6 @@ def _cloud_shared(state: dict, tasks: list[str]) -> dict:
     return {k: v for k, v in state.items() if k.startswith("decoder.") and not any(k.startswith(f"decoder.heads.{t}.") for t in tasks)}
 
 
-@pytest.fixture(scope="module")
-def tuned_ckpt(digits_ckpt, tmp_path_factory):
-    out = tmp_path_factory.mktemp("tuned")
-    train(load_recipe(RECIPES / "digits-tune.yaml"), out, init=digits_ckpt, show_progress=False)
-    return out / "ckpt.pt"
-
-
 def test_device_tuning_learns_mod3_with_the_cloud_bit_identical(digits_ckpt, tuned_ckpt):
     init, tuned = load_checkpoint(digits_ckpt), load_checkpoint(tuned_ckpt)
     accuracy = _heldout_accuracy(tuned_ckpt)

@@ -5,13 +5,19 @@ its scale and zero point, dequantizes it inside, and returns every task's logits
 manifest's task order:
 
     forward(wire: int8 (B, T, D), scale: float32 (B, 1), zero_point: int32 (B, 1)) -> tuple[(B, classes_i)]
+    shared_trunk(wire, scale, zero_point) -> float32 (B, cloud_dim)   # the trunk alone, for a shared cloud
 
 (``scale``/``zero_point`` of shape (1,) broadcast over the batch.) Taking the int8 tensor keeps
-one contract from the phone to the server, and lets Triton batch requests of any origin.
+one contract from the phone to the server, and lets Triton batch requests of any origin. The
+heads are plain linear layers, ``heads.<i>.weight``/``heads.<i>.bias`` in task order, so a
+shared cloud runs ``shared_trunk`` once for rows of several device variants and each variant's
+heads on its own rows. :func:`cloud_identity` digests the trunk's tensors and each head, read
+from the saved file, so that sharing is proven rather than assumed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 
@@ -36,9 +42,13 @@ class QuantizedWireDecoder(nn.Module):
             h = layer(h)
         return h.mean(dim=1)
 
-    def forward(self, wire: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def shared_trunk(self, wire: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+        """Dequantize each row with its own scale and zero point, then run the trunk."""
         wire_float = (wire.to(torch.float32) - zero_point.to(torch.float32).reshape(-1, 1, 1)) * scale.reshape(-1, 1, 1)
-        feature = self.features(wire_float)
+        return self.features(wire_float)
+
+    def forward(self, wire: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        feature = self.shared_trunk(wire, scale, zero_point)
         return tuple(head(feature) for head in self.heads)
 
 
@@ -49,19 +59,44 @@ def example_inputs(wire_shape: list[int], batch: int, scale: float, zero_point: 
 
 
 def export_decoder(decoder: nn.Module, task_names: list[str], wire_shape: list[int], scale: float, zero_point: int, path: Path) -> None:
-    """Trace the decoder and check the traced module against eager at several batch sizes."""
+    """Trace the decoder (``forward`` and ``shared_trunk``) and check both against eager at several batch sizes."""
     module = QuantizedWireDecoder(decoder, task_names).eval()
+    example = example_inputs(wire_shape, 2, scale, zero_point)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch 2.13 marks TorchScript deprecated; it still ships
-        traced = torch.jit.trace(module, example_inputs(wire_shape, 2, scale, zero_point), check_trace=False)
+        traced = torch.jit.trace_module(module, {"forward": example, "shared_trunk": example}, check_trace=False)
         torch.jit.save(traced, str(path))
         loaded = torch.jit.load(str(path))
     with torch.no_grad():
         for batch in (1, 3, 8):
             inputs = example_inputs(wire_shape, batch, scale, zero_point)
-            for got, want in zip(loaded(*inputs), module(*inputs)):
+            pairs = [*zip(loaded(*inputs), module(*inputs)), (loaded.shared_trunk(*inputs), module.shared_trunk(*inputs))]
+            for got, want in pairs:
                 if not torch.allclose(got, want, atol=1e-5, rtol=0):
                     raise RuntimeError(f"traced decoder disagrees with eager at batch {batch}")
+
+
+def tensor_sha256(tensor: torch.Tensor) -> str:
+    """sha256 over a tensor's dtype, shape and bytes: equal digests, bit-identical tensors."""
+    data = tensor.detach().contiguous().cpu()
+    digest = hashlib.sha256(f"{data.dtype} {list(data.shape)}\n".encode())
+    digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
+
+
+def cloud_identity(decoder, task_names: list[str]) -> dict:
+    """Digests of a loaded TorchScript decoder: every trunk tensor, the trunk as a whole, and each
+    task's head. ``{"trunk_sha256", "trunk_tensors": {name: sha256}, "heads": {task: sha256}}``."""
+    state = decoder.state_dict()
+    trunk = {name: tensor_sha256(t) for name, t in state.items() if not name.startswith("heads.")}
+    heads = {}
+    for i, task in enumerate(task_names):
+        digest = hashlib.sha256()
+        for part in ("weight", "bias"):
+            digest.update(tensor_sha256(state[f"heads.{i}.{part}"]).encode())
+        heads[task] = digest.hexdigest()
+    lines = "".join(f"{name} {sha}\n" for name, sha in trunk.items())
+    return {"trunk_sha256": hashlib.sha256(lines.encode()).hexdigest(), "trunk_tensors": trunk, "heads": heads}
 
 
 def load_decoder(path: Path):

@@ -11,6 +11,7 @@ object ServerApi {
     const val TOP_K_PARAM = "top_k"
 
     const val MODEL_ID = "model_id"
+    const val MODEL_IDS = "model_ids"
     const val TASKS = "tasks"
     const val PREDICTIONS = "predictions"
     const val LABEL = "label"
@@ -49,7 +50,13 @@ data class DecodeResult(
     val roundTripMs: Double,
 )
 
-data class Health(val status: String, val modelId: String)
+/**
+ * `/healthz`: [modelId] is the server's first model; [modelIds] every model it serves (a shared
+ * cloud serves several device variants; a server before that answered one `model_id` only).
+ */
+data class Health(val status: String, val modelId: String, val modelIds: List<String> = listOf(modelId)) {
+    fun serves(id: String): Boolean = id in modelIds
+}
 
 /** A 4xx/5xx answer; [message] is the server's one sentence naming the field and the problem. */
 class ServerException(val status: Int, message: String) : IOException(message)
@@ -111,7 +118,9 @@ class DecodeClient(baseUrl: String, private val connectTimeoutMs: Int = 5_000, p
     fun health(): Health {
         val (status, body) = exchange("GET", ServerApi.HEALTH_PATH, null, null)
         val root = answer(status, body, ServerApi.HEALTH_PATH)
-        return Health(root[ServerApi.STATUS].string(), root[ServerApi.MODEL_ID].string())
+        val first = root[ServerApi.MODEL_ID].string()
+        val all = root.optional(ServerApi.MODEL_IDS)?.strings() ?: listOf(first)
+        return Health(root[ServerApi.STATUS].string(), first, all)
     }
 
     /**

@@ -1,0 +1,241 @@
+"""The shared cloud: one decoder trunk serving every device variant tuned from one checkpoint.
+
+Device tuning (the paper's point) trains a new task on the device side while the cloud trunk
+stays bit-identical. ``SharedCloud`` loads one or more exports, proves from their decoder files
+that their trunks are identical tensor for tensor (refusing, with the first differing tensor,
+when they are not), keeps one trunk in memory, and the heads each variant needs: a head that
+several variants hold bit-identical (a task device tuning froze) is loaded once.
+
+A batch may mix rows of several variants: each row is dequantized with its own variant's scale
+and zero point, the trunk runs once over the whole batch, and each variant's heads run on its
+own rows. Each variant keeps its model id (what a wire message names), wire scale and zero point,
+tasks and labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dtconvert.errors import UserError
+from dtconvert.wire import CONTENT_TYPE, WirePayload, header_size
+
+
+class RequestError(Exception):
+    """A client's mistake: answered with this status and message, counted by ``reason``."""
+
+    def __init__(self, status: int, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.status, self.message, self.reason = status, message, reason
+
+
+@dataclass(eq=False)  # compared and hashed by identity: one object per served variant
+class Variant:
+    """One export's device variant, as a request must match it."""
+
+    export_dir: Path
+    manifest: dict
+    model_id: str
+    tasks: list[str]
+    labels: dict[str, list[str]]
+    token_shape: tuple[int, ...]
+    scale: float
+    zero_point: int
+    bytes_per_image: int
+    header_bytes: int
+    heads: list[str] = field(default_factory=list)  # head key per task, in task order
+
+    @classmethod
+    def from_manifest(cls, export_dir: Path, manifest: dict) -> "Variant":
+        wire = manifest["wire"]
+        return cls(
+            export_dir=export_dir, manifest=manifest, model_id=manifest["model"]["id"],
+            tasks=[t["name"] for t in manifest["tasks"]],
+            labels={t["name"]: [str(label) for label in t["labels"]] for t in manifest["tasks"]},
+            token_shape=tuple(wire["shape"][1:]), scale=float(np.float32(wire["scale"])), zero_point=int(wire["zero_point"]),
+            bytes_per_image=int(wire["bytes_per_image"]), header_bytes=header_size(len(wire["shape"])),
+        )
+
+    @property
+    def max_classes(self) -> int:
+        return max(len(v) for v in self.labels.values())
+
+    def public(self) -> dict:
+        """What ``GET /v1/model`` shows: what a device needs to talk to this server, no paths."""
+        m = self.manifest
+        return {
+            "schema_version": m["schema_version"],
+            "model": {k: m["model"][k] for k in ("name", "id", "created") if k in m["model"]},
+            "precision": m["precision"],
+            "device_input": m["device_input"],
+            "wire": m["wire"],
+            "tasks": m["tasks"],
+            "wire_format": {"version": 1, "content_type": CONTENT_TYPE, "header_bytes": self.header_bytes},
+        }
+
+    def summary(self) -> dict:
+        """One entry of ``GET /v1/models``."""
+        return {"id": self.model_id, "name": self.manifest["model"]["name"], "tasks": self.tasks,
+                "wire_shape": ["B", *self.token_shape], "scale": self.scale, "zero_point": self.zero_point}
+
+    def check(self, payload: WirePayload, task_names_by_bit: dict[int, set[str]]) -> list[str]:
+        """Raise RequestError (422) if a well-formed message does not fit this variant; return the tasks asked."""
+        shape = tuple(payload.tensor.shape)
+        if len(shape) != 1 + len(self.token_shape) or shape[1:] != self.token_shape:
+            raise RequestError(422, f"wire shape {list(shape)} does not match the model's {['B', *self.token_shape]}", "shape")
+        if payload.scale != self.scale:
+            raise RequestError(422, f"scale {payload.scale!r} is not model {self.model_id}'s wire scale {self.scale!r}", "scale")
+        if payload.zero_point != self.zero_point:
+            raise RequestError(422, f"zero_point {payload.zero_point} is not model {self.model_id}'s {self.zero_point}", "zero_point")
+        mask = payload.task_mask
+        extra = [bit for bit in range(32) if mask >> bit & 1 and bit >= len(self.tasks)]
+        if extra:
+            named = sorted(task_names_by_bit.get(extra[0], set()))
+            what = f"task {' or '.join(named)} (bit {extra[0]})" if named else f"task bit {extra[0]}"
+            raise RequestError(422, f"model {self.model_id} does not serve {what}; it serves {', '.join(self.tasks)}", "task")
+        return [t for i, t in enumerate(self.tasks) if mask == 0 or mask >> i & 1]
+
+
+class SharedCloud:
+    """The loaded trunk, the heads, and the variants, by model id."""
+
+    def __init__(self, export_dirs: list[Path]) -> None:
+        from dtconvert.checkpoint import sha256_file
+        from dtconvert.manifest import load_manifest
+        from dtconvert.targets.torchscript import cloud_identity, load_decoder
+
+        if not export_dirs:
+            raise UserError("no export to serve")
+        self.variants: dict[str, Variant] = {}
+        self.heads: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # head key → (weight, bias)
+        self.trunk = None
+        first: tuple[Path, dict] | None = None
+        for export_dir in export_dirs:
+            manifest = load_manifest(export_dir)
+            variant = Variant.from_manifest(export_dir, manifest)
+            if variant.model_id in self.variants:
+                raise UserError(f"{export_dir}: model {variant.model_id} is already served from {self.variants[variant.model_id].export_dir}")
+            clouds = [a for a in manifest["artifacts"] if a["part"] == "cloud" and a["target"] == "torchscript"]
+            if not clouds:
+                raise UserError(f"{export_dir}/manifest.json lists no TorchScript cloud decoder to serve")
+            path = export_dir / clouds[0]["path"]
+            if not path.is_file():
+                raise UserError(f"{path}: the cloud decoder the manifest lists is missing")
+            if sha256_file(path) != clouds[0]["sha256"]:
+                raise UserError(f"{path}: sha256 does not match the manifest (modified or corrupt); re-export or run 'dtconvert verify'")
+            decoder = load_decoder(path)
+            identity = cloud_identity(decoder, variant.tasks)
+            recorded = manifest["model"].get("cloud")
+            if recorded is not None and recorded["trunk_sha256"] != identity["trunk_sha256"]:
+                raise UserError(f"{export_dir}/manifest.json: model.cloud.trunk_sha256 does not describe the decoder {path.name} (modified?)")
+            shared = hasattr(decoder, "shared_trunk")
+            if first is None:
+                first = (export_dir, identity)
+                self.trunk = decoder
+                self.legacy = not shared  # exported before shared_trunk existed: one variant, its own forward
+            else:
+                if self.legacy or not shared:
+                    old = first[0] if self.legacy else export_dir
+                    raise UserError(f"{old}: its decoder predates shared serving (no shared_trunk); re-export it to serve it beside others")
+                _require_same_trunk(first, (export_dir, identity))
+            state = decoder.state_dict()
+            for i, task in enumerate(variant.tasks):
+                key = f"{task}:{identity['heads'][task][:16]}"
+                self.heads.setdefault(key, (state[f"heads.{i}.weight"].detach().clone(), state[f"heads.{i}.bias"].detach().clone()))
+                variant.heads.append(key)
+            self.variants[variant.model_id] = variant
+        shapes = {v.token_shape for v in self.variants.values()}
+        if len(shapes) > 1:  # cannot happen with identical trunks; a guard against a lying manifest
+            raise UserError(f"the exports' wire shapes differ ({sorted(shapes)}) although their trunks are identical")
+        self.token_shape = next(iter(shapes))
+        self.task_names_by_bit: dict[int, set[str]] = {}
+        for v in self.variants.values():
+            for i, task in enumerate(v.tasks):
+                self.task_names_by_bit.setdefault(i, set()).add(task)
+
+    # ---- what requests see ------------------------------------------------------------------
+
+    @property
+    def model_ids(self) -> list[str]:
+        return list(self.variants)
+
+    @property
+    def max_bytes_per_image(self) -> int:
+        return max(v.bytes_per_image for v in self.variants.values())
+
+    @property
+    def header_bytes(self) -> int:
+        return max(v.header_bytes for v in self.variants.values())
+
+    @property
+    def max_classes(self) -> int:
+        return max(v.max_classes for v in self.variants.values())
+
+    def variant(self, model_id: str) -> Variant:
+        found = self.variants.get(model_id)
+        if found is None:
+            raise RequestError(422, f"model id {model_id} is not served here (serving {', '.join(self.variants)})", "model_id")
+        return found
+
+    def check(self, payload: WirePayload) -> tuple[Variant, list[str]]:
+        variant = self.variant(payload.model_id)
+        return variant, variant.check(payload, self.task_names_by_bit)
+
+    # ---- decoding -----------------------------------------------------------------------------
+
+    def warm_up(self, max_batch: int) -> None:
+        """A few calls at batch 1 and at max_batch, over every variant: TorchScript's profiling
+        executor optimizes the graph during its first runs (60 ms for the digits decoder's first call)."""
+        variants = list(self.variants.values())
+        for batch in sorted({1, max_batch}):
+            owners = [variants[i % len(variants)] for i in range(batch)]
+            wire = np.stack([np.full(self.token_shape, v.zero_point, dtype=np.int8) for v in owners])
+            for _ in range(3):
+                self.decode(wire, owners)
+
+    def decode(self, wire: np.ndarray, owners: list[Variant]) -> list[list[np.ndarray]]:
+        """int8 wire (N, T, D) whose row i belongs to ``owners[i]`` → per row, softmax
+        probabilities of each of its variant's tasks (in that variant's task order)."""
+        scale = torch.tensor([[v.scale] for v in owners], dtype=torch.float32)
+        zero_point = torch.tensor([[v.zero_point] for v in owners], dtype=torch.int32)
+        with torch.inference_mode():
+            if self.legacy:
+                logits = self.trunk(torch.from_numpy(wire), scale, zero_point)
+                probs = [torch.softmax(x.float(), dim=-1).numpy() for x in logits]
+                return [[p[row] for p in probs] for row in range(len(owners))]
+            features = self.trunk.shared_trunk(torch.from_numpy(wire), scale, zero_point)
+            out: list[list[np.ndarray]] = [[] for _ in owners]
+            for variant in dict.fromkeys(owners):  # each variant present, in order of appearance
+                rows = [i for i, v in enumerate(owners) if v is variant]
+                index = torch.tensor(rows)
+                mine = features.index_select(0, index)
+                per_task = []
+                for key in variant.heads:
+                    weight, bias = self.heads[key]
+                    per_task.append(torch.softmax(torch.nn.functional.linear(mine, weight, bias), dim=-1).numpy())
+                for j, row in enumerate(rows):
+                    out[row] = [p[j] for p in per_task]
+            return out
+
+    def top_k(self, variant: Variant, probs: list[np.ndarray], tasks: list[str], k: int) -> dict:
+        """One row's answer: for each asked task, its k most likely labels and scores."""
+        out = {}
+        for name in tasks:
+            p = probs[variant.tasks.index(name)]
+            order = np.argsort(-p, kind="stable")[: min(k, len(p))]
+            out[name] = [{"label": variant.labels[name][i], "index": int(i), "score": round(float(p[i]), 6)} for i in order]
+        return out
+
+
+def _require_same_trunk(first: tuple[Path, dict], other: tuple[Path, dict]) -> None:
+    """Refuse, naming both exports and the first differing tensor, unless the trunks are identical."""
+    (first_dir, a), (other_dir, b) = first, other
+    if a["trunk_sha256"] == b["trunk_sha256"]:
+        return
+    names = list(a["trunk_tensors"]) + [n for n in b["trunk_tensors"] if n not in a["trunk_tensors"]]
+    differing = next(n for n in names if a["trunk_tensors"].get(n) != b["trunk_tensors"].get(n))
+    raise UserError(f"{first_dir} and {other_dir} do not share a cloud trunk: tensor {differing!r} differs "
+                    "(a shared cloud serves only variants device-tuned from one checkpoint)")
