@@ -124,6 +124,9 @@ def why_no_root_can_be_built() -> str | None:
             return f"there is no Swift 6 `swift` on PATH, and `{tool}` (needed to run the Debian 13 root) is not installed"
     if shutil.which("debootstrap") is None and shutil.which("apt-get") is None:
         return "there is no Swift 6 `swift` on PATH, and neither debootstrap nor apt-get (to install it) is here"
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:  # root without CAP_SYS_ADMIN, as in an unprivileged container
+        return f"there is no Swift 6 `swift` on PATH, and this root cannot make a mount namespace: {probe.stderr.strip()}"
     return None
 
 
