@@ -117,8 +117,8 @@ def why_no_root_can_be_built() -> str | None:
     if platform.system() != "Linux":
         return f"there is no Swift {MIN_SWIFT_MAJOR} `swift` on PATH, and a Debian root needs Linux (this is {platform.system()})"
     if os.geteuid() != 0:
-        return ("there is no Swift 6 `swift` on PATH, and making the Debian 13 root that provides one needs root "
-                "(debootstrap, chroot and mount); run as root, or install Swift 6 from swift.org")
+        return ("there is no Swift 6 `swift` on PATH, and the Debian 13 root that provides one needs root to make "
+                "and to enter (debootstrap, chroot, mount); run as root, or install Swift 6 from swift.org")
     for tool in ("unshare", "chroot", "mount"):
         if shutil.which(tool) is None:
             return f"there is no Swift 6 `swift` on PATH, and `{tool}` (needed to run the Debian 13 root) is not installed"
