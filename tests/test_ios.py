@@ -1,11 +1,23 @@
-"""Structure checks of the iOS demo (ios_demo/) that run on Linux, without a Mac.
+"""The iOS demo (ios_demo/): DTCore compiled and tested by a real Swift toolchain, the rest checked
+as far as Linux can.
 
-There is no Swift toolchain here, so these are parse and structure checks, not a compile: every
-``.swift`` file is parsed with tree-sitter-swift (no ERROR or MISSING node), the Xcode project is
-read with the ``pbxproj`` package, Info.plist with plistlib, and the manifest keys the Swift
-``Codable`` types read are looked up in dtconvert/manifest.schema.json. Compiling DTCore, running
-its XCTests against the golden vectors and a real export, and building the app for the iOS
-simulator happen on macOS in .github/workflows/ios.yml.
+Compiled and run here (the `swift` marker): DTCore is built with Swift 6 (language mode 6,
+complete strict-concurrency checking, every warning an error) and its XCTests run against
+tests/golden/wire, a real digits export (`int8_export`) and, for RoundTripTests, a real
+`dtconvert serve` on loopback; `swift format lint --strict` checks DTCore and the app sources.
+The toolchain is the system's `swift` if it is Swift 6, else a Debian 13 root with Debian's
+`swiftlang`, built once by ios_demo/scripts/swift_linux.py into `.swift-linux/` (about a minute
+and 560 MB the first time). Where neither can be had (not root, not Linux) these tests skip and
+the skip says why.
+
+Parse-only here (PARSE_ONLY below): what needs Apple's frameworks. The SwiftUI/UIKit app
+(DTDemo/), CoreMLEncoder (Core ML), PixelImage+CoreGraphics (CoreGraphics, ImageIO), Integrity
+(CryptoKit) and the Core ML half of CoreMLEncoderTests compile to nothing on Linux, so only
+tree-sitter-swift parses them (no ERROR or MISSING node: syntax, not types). The XCTests that need
+them skip on Linux naming the framework. The Xcode project is read with `pbxproj`, Info.plist with
+plistlib, and the manifest keys the Swift `Codable` types read are looked up in
+dtconvert/manifest.schema.json. Compiling those files, running Core ML on the export and building
+the app for the iOS simulator happen on macOS in .github/workflows/ios.yml.
 """
 
 from __future__ import annotations
@@ -47,6 +59,31 @@ def swift_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*.swift") if ".build" not in p.parts)
 
 
+# What Linux cannot compile, and why: only the tree-sitter parse below checks these here (macOS CI
+# compiles them). Paths relative to ios_demo/; a DTCore entry must be wholly inside the
+# `#if canImport(...)` it names (checked below), so adding a file to DTCore makes it compiled.
+PARSE_ONLY = {
+    "DTDemo/": "the SwiftUI/UIKit app target: needs the iOS SDK and Xcode",
+    "DTCore/Sources/DTCore/CoreMLEncoder.swift": "canImport(CoreML)",
+    "DTCore/Sources/DTCore/PixelImage+CoreGraphics.swift": "canImport(CoreGraphics) && canImport(ImageIO)",
+    "DTCore/Sources/DTCore/Integrity.swift": "canImport(CryptoKit)",
+    "DTCore/Tests/DTCoreTests/CoreMLEncoderTests.swift": "canImport(CoreML), with an #else that skips on Linux",
+}
+
+
+def parse_only_reason(path: Path) -> str | None:
+    relative = path.relative_to(IOS).as_posix()
+    for prefix, why in PARSE_ONLY.items():
+        if relative == prefix or (prefix.endswith("/") and relative.startswith(prefix)):
+            return why
+    return None
+
+
+def check_label(path: Path) -> str:
+    """How a Swift file is checked here: 'parse-only' or 'compiled' (by the swift tests below)."""
+    return f"{'parse-only' if parse_only_reason(path) else 'compiled'}:{path.relative_to(IOS)}"
+
+
 def app_and_dtcore_sources() -> list[Path]:
     """The code that must take every model detail from the manifest (tests may use fixtures)."""
     return swift_files(APP) + swift_files(DTCORE_SOURCES)
@@ -84,8 +121,10 @@ def syntax_problems(source: bytes) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("path", swift_files(IOS), ids=lambda p: str(p.relative_to(IOS)))
+@pytest.mark.parametrize("path", swift_files(IOS), ids=check_label)
 def test_every_swift_file_parses(path: Path) -> None:
+    """A parse check (syntax only). For files marked parse-only in the test id it is the only check
+    Linux gives them; the others are also compiled and tested by the swift tests below."""
     assert syntax_problems(path.read_bytes()) == []
 
 
@@ -359,6 +398,8 @@ def test_hardcoded_check_catches_names_shapes_and_urls() -> None:
 
 def test_no_placeholder_todos() -> None:
     for path in sorted(IOS.rglob("*")):
+        if ".build" in path.parts:  # SwiftPM's generated sources
+            continue
         if path.is_file() and path.suffix in {".swift", ".py", ".plist", ".pbxproj", ".md", ".yml", ".xcscheme"}:
             assert not re.search(r"\b(TODO|FIXME|XXX)\b", path.read_text(encoding="utf-8")), path
     assert not re.search(r"\b(TODO|FIXME|XXX)\b", WORKFLOW.read_text(encoding="utf-8"))
@@ -634,3 +675,302 @@ def test_readme_walks_from_export_to_a_running_app() -> None:
     for needed in ("dtconvert train", "dtconvert export", "dtconvert serve export/digits --host 0.0.0.0 --port 8080",
                    "```mermaid", "swift test", "xcodebuild", "parse check"):
         assert needed in readme, needed
+
+
+# ---- parse-only vs compiled: the table above is what the sources say ---------------------------------
+
+APPLE_ONLY = {"CoreML", "CoreGraphics", "ImageIO", "CryptoKit", "UIKit", "SwiftUI"}
+
+
+def whole_file_guard(source: str) -> str | None:
+    """The condition of an `#if canImport(...)` that holds a whole file (comments aside), with
+    ', with an #else that ...' noted when the file has a branch for the other platforms; else None."""
+    lines = [line.strip() for line in source.splitlines()]
+    code = [line for line in lines if line and not line.startswith("//")]
+    if not code or not re.fullmatch(r"#if canImport\(\w+\)( && canImport\(\w+\))*", code[0]) or code[-1] != "#endif":
+        return None
+    depth, has_else = 0, False
+    for index, line in enumerate(code):
+        if line.startswith("#if"):
+            depth += 1
+        elif line.startswith("#endif"):
+            depth -= 1
+            if depth == 0 and index != len(code) - 1:
+                return None  # the first #if closes before the end: not the whole file
+        elif line.startswith(("#else", "#elseif")) and depth == 1:
+            has_else = True
+    condition = code[0].removeprefix("#if ")
+    return f"{condition}, with an #else that skips on Linux" if has_else else condition
+
+
+def test_parse_only_table_matches_the_guards_in_the_sources() -> None:
+    """Every DTCore file wholly behind an Apple-only `#if canImport` is listed as parse-only with
+    that guard, and nothing else in DTCore is: the rest is compiled and tested by `swift`."""
+    found = {}
+    for path in swift_files(DTCORE):
+        guard = whole_file_guard(path.read_text(encoding="utf-8"))
+        if guard is not None:
+            assert set(re.findall(r"canImport\((\w+)\)", guard)) <= APPLE_ONLY, (path, guard)
+            found[path.relative_to(IOS).as_posix()] = guard
+    assert found == {k: v for k, v in PARSE_ONLY.items() if k.startswith("DTCore/")}
+    assert all(parse_only_reason(p) for p in swift_files(APP)) and len(swift_files(APP)) >= 5
+
+
+def test_twin_guard_reader_sees_partial_and_missing_guards() -> None:
+    assert whole_file_guard("// x\n#if canImport(CoreML)\nimport CoreML\n#endif\n") == "canImport(CoreML)"
+    assert whole_file_guard("import Foundation\n#if canImport(CoreML)\nimport CoreML\n#endif\n") is None
+    assert whole_file_guard("#if canImport(CoreML)\nimport CoreML\n#endif\nlet x = 1\n") is None
+    with_else = "#if canImport(A)\n#if B\n#endif\n#else\nlet y = 2\n#endif\n"
+    assert whole_file_guard(with_else) == "canImport(A), with an #else that skips on Linux"
+
+
+# ---- compiled and run: DTCore with a real Swift toolchain ---------------------------------------------
+
+SWIFT_LINUX = IOS / "scripts" / "swift_linux.py"
+SWIFT_FORMAT_CONFIG = IOS / ".swift-format"
+GOLDEN_WIRE = REPO / "tests" / "golden" / "wire"
+# Every warning is an error, so "builds with no warnings" is the build itself (a cached build
+# prints no warnings again, but a warning never left a build behind).
+BUILD_FLAGS = ("-Xswiftc", "-warnings-as-errors")
+# XCTests Linux cannot run, and what each one's skip must name.
+LINUX_SKIPS = {
+    "CoreMLEncoderTests.testCoreMLEncoderNeedsCoreML": "needs Core ML",
+    "ManifestTests.testIntegrityOfARealExportAndAFlippedByte": "needs CryptoKit",
+}
+# How many XCTests run on Linux: a suite that silently lost tests fails here.
+XCTESTS_WITHOUT_ROUND_TRIP = 29
+ROUND_TRIP_XCTESTS = 6
+# Linux (corelibs) and macOS spell a test differently: 'Class.testName' / '-[Module.Class testName]'.
+_NAME = r"(?:-\[)?(?:\w+\.)?(\w+)[ .](\w+)\]?"
+TEST_CASE = re.compile(rf"^Test Case '{_NAME}' (passed|failed|skipped) \(", re.MULTILINE)
+SKIP_REASON = re.compile(rf": {_NAME} : Test skipped - (.*)$", re.MULTILINE)
+FAILURE = re.compile(rf"^(\S+?): error: {_NAME} : (.*)$", re.MULTILINE)
+
+
+def swift(*command: str, bind: tuple[Path, ...] = (), env: dict[str, str | Path] | None = None,
+          cwd: Path | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run `swift ...` through ios_demo/scripts/swift_linux.py (in DTCore unless `cwd`)."""
+    args = [sys.executable, str(SWIFT_LINUX)]
+    for path in bind:
+        args += ["--bind", str(path)]
+    for name, value in (env or {}).items():
+        args += ["--env", f"{name}={value}"]
+    if cwd is not None:
+        args += ["--cwd", str(cwd)]
+    return subprocess.run([*args, "--", "swift", *command], capture_output=True, text=True, timeout=timeout)
+
+
+@dataclass
+class XCTestRun:
+    code: int
+    outcomes: dict[str, str]  # "Class.testName" → passed | failed | skipped
+    skip_reasons: dict[str, str]
+    failures: list[str]  # "Class.testName: message"
+    output: str
+
+    def named(self, outcome: str) -> set[str]:
+        return {name for name, got in self.outcomes.items() if got == outcome}
+
+
+def xctest_run(done: subprocess.CompletedProcess) -> XCTestRun:
+    output = done.stdout + done.stderr
+    outcomes = {f"{cls}.{name}": outcome for cls, name, outcome in TEST_CASE.findall(output)}
+    reasons = {f"{cls}.{name}": reason.strip() for cls, name, reason in SKIP_REASON.findall(output)}
+    failures = [f"{cls}.{name}: {message.strip()}" for _, cls, name, message in FAILURE.findall(output)]
+    return XCTestRun(done.returncode, outcomes, reasons, failures, output)
+
+
+def run_xctests(*arguments: str, bind: tuple[Path, ...] = (), **env: str | Path) -> XCTestRun:
+    done = swift("test", "--skip-build", "--disable-swift-testing", *BUILD_FLAGS, *arguments,
+                 bind=bind, env={"DT_GOLDEN_DIR": GOLDEN_WIRE, **env})
+    run = xctest_run(done)
+    assert run.outcomes, f"no 'Test Case ... passed|failed|skipped' lines in swift test's output:\n{run.output[-4000:]}"
+    return run
+
+
+@pytest.fixture(scope="session")
+def swift_toolchain() -> str:
+    """The system's Swift 6, or the cached Debian 13 root (built here the first time: ~1 min)."""
+    done = subprocess.run([sys.executable, str(SWIFT_LINUX)], capture_output=True, text=True, timeout=1800)
+    if done.returncode == 3:
+        pytest.skip(f"no Swift toolchain, so DTCore is not compiled here: {done.stderr.strip()}")
+    assert done.returncode == 0, f"{SWIFT_LINUX.name} could not provide Swift (exit {done.returncode}):\n{done.stderr}"
+    return done.stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def dtcore_build(swift_toolchain) -> str:
+    """DTCore and its tests built once per session (SwiftPM's .build keeps it between sessions)."""
+    done = swift("build", "--build-tests", *BUILD_FLAGS)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, f"swift build of DTCore failed ({swift_toolchain}):\n{output[-6000:]}"
+    return output
+
+
+def test_swift_script_refuses_bad_arguments() -> None:
+    from tests.conftest import assert_one_line_error
+
+    for arguments, needle in ((["--", "ls"], "must start with swift"),
+                              (["--env", "NOEQUALS", "--", "swift", "build"], "NAME=VALUE"),
+                              (["--bind", "relative/path"], "absolute path"),
+                              (["--cwd", "/", "--", "swift", "build"], "--cwd must be inside")):
+        done = subprocess.run([sys.executable, str(SWIFT_LINUX), *arguments], capture_output=True, text=True, timeout=60)
+        assert_one_line_error(done, needle)
+
+
+def _swift_linux_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("swift_linux", SWIFT_LINUX)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_swift_script_says_why_when_no_toolchain_can_be_had(monkeypatch, capsys) -> None:
+    """Not root and no Swift 6 on PATH: exit 3 and one 'unavailable:' line (the tests skip with it)."""
+    module = _swift_linux_module()
+    monkeypatch.setattr(module, "system_swift", lambda: None)
+    monkeypatch.setattr(module.os, "geteuid", lambda: 1000)
+    assert module.main([]) == 3
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("unavailable: ") and "needs root" in lines[0], lines
+
+
+def test_swift_script_reads_the_debian_mirror_apt_uses(tmp_path: Path) -> None:
+    module = _swift_linux_module()
+    deb822 = tmp_path / "debian.sources"
+    deb822.write_text("Types: deb\n# http://snapshot.debian.org/archive/debian/x\nURIs: http://mirror.example/debian\nSuites: bookworm\n")
+    one_line = tmp_path / "sources.list"
+    one_line.write_text("deb [signed-by=/k.gpg] http://ftp.example/debian/ bookworm main\n")
+    other = tmp_path / "nodesource.sources"
+    other.write_text("URIs: https://deb.nodesource.com/node_20.x\n")
+    disabled = tmp_path / "old.list.disabled"
+    disabled.write_text("deb http://old.example/debian bookworm main\n")
+    assert module.debian_mirror([disabled, other, deb822, one_line]) == "http://mirror.example/debian"
+    assert module.debian_mirror([one_line]) == "http://ftp.example/debian"
+    assert module.debian_mirror([other, disabled]) == module.DEFAULT_MIRROR
+
+
+@pytest.mark.swift
+def test_dtcore_builds_in_swift6_mode_with_no_warnings(dtcore_build) -> None:
+    package = (DTCORE / "Package.swift").read_text(encoding="utf-8")
+    assert package.startswith("// swift-tools-version: 6.0\n")
+    assert "swiftLanguageModes: [.v6]" in package and "unsafeFlags" not in package
+    assert "warning:" not in dtcore_build, dtcore_build
+
+
+@pytest.mark.swift
+def test_twin_swift6_mode_rejects_a_data_race_and_a_warning(swift_toolchain, tmp_path: Path) -> None:
+    """DTCore's own Package.swift with one file holding a mutable global (a data race under Swift
+    6) and an unused value (a warning): the same build command refuses both."""
+    package = tmp_path / "DTCore"
+    (package / "Sources" / "DTCore").mkdir(parents=True)
+    (package / "Tests" / "DTCoreTests").mkdir(parents=True)
+    shutil.copy(DTCORE / "Package.swift", package / "Package.swift")
+    (package / "Sources" / "DTCore" / "Shared.swift").write_text(
+        "public var requestsServed = 0\n\npublic func serve() {\n    let unused = requestsServed\n}\n")
+    (package / "Tests" / "DTCoreTests" / "Empty.swift").write_text("import DTCore\n")
+    done = swift("build", *BUILD_FLAGS, bind=(tmp_path,), cwd=package)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output
+    assert "var 'requestsServed' is not concurrency-safe" in output, output
+    assert "initialization of immutable value 'unused' was never used" in output, output
+
+
+@pytest.mark.swift
+def test_dtcore_xctests_pass_against_the_digits_export(dtcore_build, int8_export) -> None:
+    """Every DTCore XCTest Linux can run, with the real export: golden wire vectors, quantization,
+    manifest, npy, preprocessing, top-k and the stubbed HTTP client. Only the Core ML and CryptoKit
+    tests skip, each naming what it needs."""
+    run = run_xctests("--skip", "RoundTripTests", bind=(int8_export,), DT_EXPORT_DIR=int8_export)
+    assert run.code == 0 and not run.named("failed"), "\n".join(run.failures) or run.output[-4000:]
+    assert run.named("skipped") == set(LINUX_SKIPS), run.skip_reasons
+    for name, needed in LINUX_SKIPS.items():
+        assert needed in run.skip_reasons[name], run.skip_reasons[name]
+    assert len(run.outcomes) == XCTESTS_WITHOUT_ROUND_TRIP, sorted(run.outcomes)
+    assert not any(name.startswith("RoundTripTests.") for name in run.outcomes)
+
+
+@pytest.mark.swift
+def test_twin_xctests_catch_a_flipped_golden_byte(dtcore_build, tmp_path: Path) -> None:
+    golden = shutil.copytree(GOLDEN_WIRE, tmp_path / "wire")
+    data = bytearray((golden / "digits_b1.bin").read_bytes())
+    data[-1] ^= 0x01
+    (golden / "digits_b1.bin").write_bytes(bytes(data))
+    run = run_xctests("--filter", "WireGoldenTests", bind=(tmp_path,), DT_GOLDEN_DIR=golden)
+    assert run.code != 0
+    assert run.named("failed") == {"WireGoldenTests.testEncodeReproducesEveryGoldenMessageByteForByte",
+                                   "WireGoldenTests.testDecodeReadsEveryGoldenMessageBack"}, run.output[-4000:]
+    assert any("digits_b1: bytes differ from digits_b1.bin" in failure for failure in run.failures), run.failures
+
+
+@pytest.fixture(scope="module")
+def digits_server(int8_export):
+    """The real `dtconvert serve` of the digits export on a free loopback port."""
+    from tests.serving import running_server
+
+    with running_server(int8_export) as server:
+        yield server
+
+
+@pytest.mark.swift
+@pytest.mark.serve
+def test_swift_round_trip_against_dtconvert_serve(dtcore_build, int8_export, digits_server) -> None:
+    """DTCore quantizes the golden encoder outputs, DecoderClient posts them to the real server on
+    loopback, and every image gets the golden decoder's top-1 for every task; scores are the
+    softmax of the golden logits; a task mask, another model's id (422), a truncated message (400)
+    and another content type (415) get what docs/serving.md says."""
+    run = run_xctests("--filter", "RoundTripTests", bind=(int8_export,), DT_EXPORT_DIR=int8_export, DT_SERVER_URL=digits_server.url)
+    assert run.code == 0 and not run.named("failed"), "\n".join(run.failures) + f"\n--- server log ---\n{digits_server.log()}"
+    assert run.named("passed") == set(run.outcomes) and len(run.outcomes) == ROUND_TRIP_XCTESTS, run.outcomes
+
+
+@pytest.mark.swift
+@pytest.mark.serve
+def test_twin_swift_round_trip_notices_another_images_logits(dtcore_build, int8_export, digits_server, tmp_path: Path) -> None:
+    """The same server and messages, but the export's golden digit logits moved one image along:
+    the top-1 check fails (and the softmax check with it, unless two neighbours agree), so its
+    passing above means the answers are right."""
+    import numpy as np
+
+    manifest = json.loads((int8_export / "manifest.json").read_text())
+    export = tmp_path / "export"
+    shutil.copytree(int8_export / manifest["golden"]["path"], export / manifest["golden"]["path"])
+    shutil.copy(int8_export / "manifest.json", export / "manifest.json")
+    logits = export / manifest["golden"]["path"] / "logits_digit.npy"
+    rows = np.load(logits)
+    assert len(set(rows.argmax(axis=1))) > 1, "the golden digits need more than one class for this twin"
+    np.save(logits, np.roll(rows, 1, axis=0))
+    run = run_xctests("--filter", "RoundTripTests", bind=(export,), DT_EXPORT_DIR=export, DT_SERVER_URL=digits_server.url)
+    assert run.code != 0
+    top1 = "RoundTripTests.testGoldenWireBatchDecodesToTheGoldenTopOneOfEveryTask"
+    softmax = "RoundTripTests.testServerScoresAreTheSoftmaxOfTheGoldenLogits"
+    assert top1 in run.named("failed") and run.named("failed") <= {top1, softmax}, run.output[-4000:]
+    assert any("digit: top-1" in failure for failure in run.failures), run.failures
+
+
+def swift_format_lint(*paths: Path, bind: tuple[Path, ...] = ()) -> subprocess.CompletedProcess:
+    return swift("format", "lint", "--strict", "--configuration", str(SWIFT_FORMAT_CONFIG), "--recursive",
+                 *map(str, paths), bind=bind, timeout=300)
+
+
+@pytest.mark.swift
+def test_swift_format_lint_strict_is_clean(swift_toolchain) -> None:
+    config = json.loads(SWIFT_FORMAT_CONFIG.read_text(encoding="utf-8"))
+    assert config["indentation"] == {"spaces": 4} and config["lineLength"] == 140
+    done = swift_format_lint(DTCORE / "Package.swift", DTCORE / "Sources", DTCORE / "Tests", APP)
+    assert done.returncode == 0 and done.stdout + done.stderr == "", done.stdout + done.stderr
+
+
+@pytest.mark.swift
+def test_twin_swift_format_lint_catches_bad_formatting(swift_toolchain, tmp_path: Path) -> None:
+    source = (DTCORE_SOURCES / "TopK.swift").read_text(encoding="utf-8")
+    badly = source.replace("    public static func softmax", "  public static func softmax", 1)  # 2-space indent
+    badly = badly.replace("public enum TopK {", "public enum TopK {   ", 1)  # trailing spaces
+    assert badly.count("\n") == source.count("\n") and badly != source
+    (tmp_path / "TopK.swift").write_text(badly)
+    done = swift_format_lint(tmp_path / "TopK.swift", bind=(tmp_path,))
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output
+    assert "[Indentation] indent by 2 spaces" in output and "[TrailingWhitespace]" in output, output

@@ -162,9 +162,10 @@ final class DemoModel {
             // put equal bytes on the wire (docs/wire-format.md).
             let wire = manifest.wire
             let scale = Float(wire.scale)
-            let wireMessage = WireMessage(modelID: manifest.model.id, taskMask: 0, scale: scale,
-                                          zeroPoint: Int32(wire.zeroPoint), shape: wire.shape,
-                                          values: Wire.quantize(wireFloat, scale: scale, zeroPoint: wire.zeroPoint))
+            let wireMessage = WireMessage(
+                modelID: manifest.model.id, taskMask: 0, scale: scale,
+                zeroPoint: Int32(wire.zeroPoint), shape: wire.shape,
+                values: Wire.quantize(wireFloat, scale: scale, zeroPoint: wire.zeroPoint))
             let payload = try Wire.encode(wireMessage)
 
             let answer = try await DecoderClient(baseURL: baseURL).decode(payload, topK: topK)

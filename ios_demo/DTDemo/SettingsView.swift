@@ -21,7 +21,9 @@ struct SettingsView: View {
             } header: {
                 Text("dtconvert serve")
             } footer: {
-                Text("The simulator reaches the Mac as localhost. On a device, use your Mac's address on the local network and add that host to NSExceptionDomains in Info.plist: plain HTTP is allowed only for the development host.")
+                Text(
+                    "The simulator reaches the Mac as localhost. On a device, use your Mac's address on the local network and add that host to NSExceptionDomains in Info.plist: plain HTTP is allowed only for the development host."
+                )
             }
             Section("Predictions") {
                 Stepper("Top \(topK) labels per task", value: $topK, in: 1...maxLabels)
@@ -64,7 +66,8 @@ struct SettingsView: View {
             if answer.modelID == expected {
                 health = "\(answer.status): serves this app's model \(answer.modelID)"
             } else {
-                health = "\(answer.status), but serves model \(answer.modelID), not this app's \(expected): it will refuse our messages (422)"
+                health =
+                    "\(answer.status), but serves model \(answer.modelID), not this app's \(expected): it will refuse our messages (422)"
             }
         } catch {
             health = error.localizedDescription

@@ -49,9 +49,11 @@ public actor CoreMLEncoder {
     ///   - computeUnits: `.all` lets Core ML pick CPU, GPU or Neural Engine; `.cpuOnly` is the
     ///     configuration `dtconvert verify` bounds most tightly.
     ///   - cacheDirectory: where compiled models are kept (default: the app's Caches folder).
-    public static func load(from export: ExportDirectory,
-                            computeUnits: MLComputeUnits = .all,
-                            cacheDirectory: URL? = nil) async throws -> CoreMLEncoder {
+    public static func load(
+        from export: ExportDirectory,
+        computeUnits: MLComputeUnits = .all,
+        cacheDirectory: URL? = nil
+    ) async throws -> CoreMLEncoder {
         guard let artifact = export.manifest.artifact(part: "device", target: "coreml") else {
             throw ManifestError.noArtifact(part: "device", target: "coreml")
         }
@@ -66,10 +68,14 @@ public actor CoreMLEncoder {
     }
 
     /// The compiled `.mlmodelc` for an artifact, keyed by its sha256 so a new export recompiles.
-    static func compiledModel(for artifact: Manifest.ArtifactEntry, in export: ExportDirectory,
-                              cacheDirectory: URL?) async throws -> URL {
+    static func compiledModel(
+        for artifact: Manifest.ArtifactEntry, in export: ExportDirectory,
+        cacheDirectory: URL?
+    ) async throws -> URL {
         let fileManager = FileManager.default
-        let cache = try cacheDirectory ?? fileManager
+        let cache =
+            try cacheDirectory
+            ?? fileManager
             .url(for: .cachesDirectory, in: .userDomainMask, appropriateFor: nil, create: true)
             .appending(path: "DTCoreCompiledModels", directoryHint: .isDirectory)
         let cached = cache.appending(path: "\(artifact.sha256).mlmodelc", directoryHint: .isDirectory)

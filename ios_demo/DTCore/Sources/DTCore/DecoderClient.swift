@@ -1,4 +1,9 @@
 import Foundation
+#if canImport(FoundationNetworking)
+// Linux: URLSession, URLRequest and HTTPURLResponse live in swift-corelibs-foundation's
+// FoundationNetworking; on Apple platforms they are part of Foundation.
+import FoundationNetworking
+#endif
 
 /// `POST /v1/decode` answer: each image's top-k labels per requested task.
 public struct DecodeResponse: Decodable, Sendable {
@@ -97,7 +102,8 @@ public struct DecoderClient: Sendable {
 
     /// POST one wire message (batch ≥ 1) to `/v1/decode?top_k=K` as application/octet-stream.
     public func decode(_ message: Data, topK: Int = 3) async throws -> DecodeResult {
-        let url = baseURL
+        let url =
+            baseURL
             .appending(path: "v1/decode", directoryHint: .notDirectory)
             .appending(queryItems: [URLQueryItem(name: "top_k", value: String(topK))])
         var request = URLRequest(url: url, timeoutInterval: timeout)
@@ -124,7 +130,8 @@ public struct DecoderClient: Sendable {
         guard let http = response as? HTTPURLResponse else { throw DecoderClientError.notHTTP }
         let decoder = JSONDecoder()
         guard (200..<300).contains(http.statusCode) else {
-            let message = (try? decoder.decode(ServerErrorBody.self, from: body).error)
+            let message =
+                (try? decoder.decode(ServerErrorBody.self, from: body).error)
                 ?? HTTPURLResponse.localizedString(forStatusCode: http.statusCode)
             throw DecoderClientError.server(status: http.statusCode, message: message)
         }

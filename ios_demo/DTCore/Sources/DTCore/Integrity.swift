@@ -35,7 +35,8 @@ public enum IntegrityError: Error, LocalizedError, Equatable {
     public var errorDescription: String? {
         switch self {
         case .mismatch(let path, let expected, let actual):
-            return "\(path): sha256 \(actual.prefix(12))… does not match the manifest's \(expected.prefix(12))… (modified or stale copy; rebuild the app)"
+            let got = actual.prefix(12), want = expected.prefix(12)
+            return "\(path): sha256 \(got)… does not match the manifest's \(want)… (modified or stale copy; rebuild the app)"
         }
     }
 }

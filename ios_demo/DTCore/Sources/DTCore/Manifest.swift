@@ -226,7 +226,8 @@ public enum ManifestError: Error, LocalizedError, Equatable {
         case .unreadable(let source, let reason):
             return "\(source): not a readable manifest (\(reason))"
         case .newerSchema(let source, let version):
-            return "\(source): manifest schema_version \(version) is newer than this app reads (\(Manifest.supportedSchemaVersion)); update the app"
+            let newest = Manifest.supportedSchemaVersion
+            return "\(source): manifest schema_version \(version) is newer than this app reads (\(newest)); update the app"
         case .noArtifact(let part, let target):
             return "the manifest lists no \(part) artifact for target \(target); export with --target \(target)"
         case .missingFile(let path):
@@ -279,8 +280,9 @@ public struct ExportDirectory: Sendable {
             let channels = array.shape.count == 4 ? array.shape[3] : 1
             let stride = height * width * channels
             return (0..<count).map { index in
-                PixelImage(width: width, height: height, channels: channels,
-                           pixels: Array(pixels[(index * stride)..<((index + 1) * stride)]))
+                PixelImage(
+                    width: width, height: height, channels: channels,
+                    pixels: Array(pixels[(index * stride)..<((index + 1) * stride)]))
             }
         }
         return []

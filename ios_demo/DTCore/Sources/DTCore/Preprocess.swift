@@ -55,7 +55,8 @@ public struct Preprocess: Sendable {
             throw PreprocessError.unsupported("layout \(deviceInput.layout) with shape \(deviceInput.shape)")
         }
         guard spec.size.count == 2, spec.mean.count == spec.channels, spec.std.count == spec.channels,
-              deviceInput.shape[1] == spec.channels, Array(deviceInput.shape[2...]) == spec.size else {
+            deviceInput.shape[1] == spec.channels, Array(deviceInput.shape[2...]) == spec.size
+        else {
             throw PreprocessError.unsupported("size \(spec.size), \(spec.channels) channel(s), shape \(deviceInput.shape)")
         }
         guard spec.resize == "bilinear" || spec.resize == "nearest" else {

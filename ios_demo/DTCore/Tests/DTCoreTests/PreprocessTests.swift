@@ -3,12 +3,14 @@ import Foundation
 import XCTest
 
 final class PreprocessTests: XCTestCase {
-    func spec(size: [Int], channels: Int = 1, resize: String = "bilinear", mean: [Double], std: [Double]) throws -> Manifest.DeviceInputSpec {
+    func spec(
+        size: [Int], channels: Int = 1, resize: String = "bilinear", mean: [Double], std: [Double]
+    ) throws -> Manifest.DeviceInputSpec {
         let json = """
-        {"name": "image", "shape": [1, \(channels), \(size[0]), \(size[1])], "dtype": "float32", "layout": "NCHW",
-         "preprocessing": {"size": \(size), "channels": \(channels), "resize": "\(resize)",
-                           "scale": 0.00392156862745098, "mean": \(mean), "std": \(std)}}
-        """
+            {"name": "image", "shape": [1, \(channels), \(size[0]), \(size[1])], "dtype": "float32", "layout": "NCHW",
+             "preprocessing": {"size": \(size), "channels": \(channels), "resize": "\(resize)",
+                               "scale": 0.00392156862745098, "mean": \(mean), "std": \(std)}}
+            """
         return try JSONDecoder().decode(Manifest.DeviceInputSpec.self, from: Data(json.utf8))
     }
 
