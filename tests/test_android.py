@@ -128,6 +128,16 @@ def test_kotlin_round_trip_against_dtconvert_serve(core_tests_jar, int8_export):
     with running_server(int8_export) as server:
         code, passed, failed, output = run_suites(core_tests_jar, "roundtrip", DT_EXPORT_DIR=int8_export, DT_SERVER_URL=server.url)
     assert failed == 0 and code == 0, f"Kotlin round trip: {failed} failed:\n{output}\n--- server log ---\n{server.log()}"
+
+
+@pytest.mark.serve
+def test_kotlin_round_trip_against_a_two_variant_server(core_tests_jar, int8_export, tuned_export):
+    """The device-tuned variant's app talks, unchanged, to one shared cloud serving both variants."""
+    from tests.serving import running_server
+
+    with running_server([int8_export, tuned_export]) as server:
+        code, passed, failed, output = run_suites(core_tests_jar, "roundtrip", DT_EXPORT_DIR=tuned_export, DT_SERVER_URL=server.url)
+    assert failed == 0 and code == 0 and passed > 0, f"Kotlin round trip: {failed} failed:\n{output}\n--- server log ---\n{server.log()}"
     assert passed >= SUITE_TESTS["roundtrip"], output
 
 

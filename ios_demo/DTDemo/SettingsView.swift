@@ -63,11 +63,11 @@ struct SettingsView: View {
         do {
             let answer = try await DecoderClient(baseURL: url).health()
             let expected = model.manifest?.model.id ?? "?"
-            if answer.modelID == expected {
-                health = "\(answer.status): serves this app's model \(answer.modelID)"
+            if answer.serves(expected) {
+                health = "\(answer.status): serves this app's model \(expected)"
             } else {
-                health =
-                    "\(answer.status), but serves model \(answer.modelID), not this app's \(expected): it will refuse our messages (422)"
+                let served = answer.modelIDs.joined(separator: ", ")
+                health = "\(answer.status), but serves \(served), not this app's \(expected): it will refuse our messages (422)"
             }
         } catch {
             health = error.localizedDescription

@@ -41,15 +41,28 @@ public struct ServerTiming: Decodable, Sendable {
     }
 }
 
-/// `GET /healthz`.
+/// `GET /healthz`: `modelID` is the server's first model, `modelIDs` every model it serves (a
+/// shared cloud serves several device variants; an older server answers `model_id` only).
 public struct HealthResponse: Decodable, Sendable {
     public let status: String
     public let modelID: String
+    public let modelIDs: [String]
 
     enum CodingKeys: String, CodingKey {
         case status
         case modelID = "model_id"
+        case modelIDs = "model_ids"
     }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        status = try container.decode(String.self, forKey: .status)
+        modelID = try container.decode(String.self, forKey: .modelID)
+        modelIDs = try container.decodeIfPresent([String].self, forKey: .modelIDs) ?? [modelID]
+    }
+
+    /// Whether the server serves this model id.
+    public func serves(_ id: String) -> Bool { modelIDs.contains(id) }
 }
 
 /// A 4xx/5xx body: `{"error": "one sentence", "status": 400}`.

@@ -105,6 +105,15 @@ final class DecoderClientTests: XCTestCase {
         StubProtocol.state.answer = (200, #"{"status": "ok", "model_id": "0123456789abcdef"}"#)
         let health = try await client.health()
         XCTAssertEqual(health.modelID, "0123456789abcdef")
+        XCTAssertEqual(health.modelIDs, ["0123456789abcdef"])  // an answer without model_ids: the one id
         XCTAssertEqual(StubProtocol.state.lastRequest?.url?.path(), "/healthz")
+    }
+
+    func testHealthOfASharedCloud() async throws {
+        let body = #"{"status": "ok", "model_id": "0123456789abcdef", "model_ids": ["0123456789abcdef", "fedcba9876543210"]}"#
+        StubProtocol.state.answer = (200, body)
+        let health = try await client.health()
+        XCTAssertTrue(health.serves("fedcba9876543210"))
+        XCTAssertFalse(health.serves("0000000000000000"))
     }
 }
