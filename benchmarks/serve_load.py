@@ -39,11 +39,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-async def _one_connection(host: str, port: int, request: bytes, counter: list[int], total: int, latencies: list[float],
+async def _one_connection(host: str, port: int, requests: list[bytes], counter: list[int], total: int, latencies: list[float],
                           statuses: dict, failures: list[str], deadline: float) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
         while counter[0] < total and time.monotonic() < deadline:
+            request = requests[counter[0] % len(requests)]  # several bodies: taken in turn across all connections
             counter[0] += 1
             started = time.perf_counter()
             try:
@@ -61,10 +62,11 @@ async def _one_connection(host: str, port: int, request: bytes, counter: list[in
         writer.close()
 
 
-async def _load(url: str, body: bytes, total: int, concurrency: int, time_limit: float = 300.0) -> dict:
+async def _load(url: str, body: bytes | list[bytes], total: int, concurrency: int, time_limit: float = 300.0) -> dict:
     host, port = url.removeprefix("http://").split(":")
-    request = (f"POST /v1/decode HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/octet-stream\r\n"
-               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    bodies = body if isinstance(body, list) else [body]
+    request = [(f"POST /v1/decode HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/octet-stream\r\n"
+                f"Content-Length: {len(b)}\r\n\r\n").encode() + b for b in bodies]
     counter, latencies, statuses, failures = [0], [], {}, []
     deadline = time.monotonic() + time_limit
     started = time.perf_counter()
@@ -80,7 +82,7 @@ async def _load(url: str, body: bytes, total: int, concurrency: int, time_limit:
     }
 
 
-def load(url: str, body: bytes, total: int, concurrency: int) -> dict:
+def load(url: str, body: bytes | list[bytes], total: int, concurrency: int) -> dict:
     try:
         import uvloop
 

@@ -275,6 +275,26 @@ def serve(
 
 @app.command()
 @user_errors
+def cloud(
+    export_dirs: list[Path] = typer.Argument(..., help="Exports of device variants tuned from one checkpoint (bit-identical cloud trunks)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory to write: triton/ (model repository) and cloud.json."),
+) -> None:
+    """Assemble a shared-cloud Triton repository: one trunk model with dynamic batching for every variant,
+    its heads, and one ensemble per variant (the same inputs and outputs as an export's own Triton model).
+
+    Example: dtconvert cloud export/digits export/digits-tune --out cloud
+    """
+    from dtconvert.triton import write_cloud
+
+    description = write_cloud(export_dirs, out)
+    for v in description["variants"]:
+        typer.echo(f"{v['ensemble']}: tasks {', '.join(v['tasks'])}; heads {', '.join(v['heads'])}")
+    typer.echo(f"wrote {out / 'triton'} ({len(description['variants'])} variants, one trunk model) and {out / 'cloud.json'}; "
+               f"run: tritonserver --model-repository {out / 'triton'}")
+
+
+@app.command()
+@user_errors
 def client(
     export_dir: Path = typer.Argument(..., help="The export directory the server was started on."),
     target: str = typer.Option("executorch", "--target", "-t", help="Device runtime: executorch or tflite."),
@@ -357,42 +377,79 @@ def _print_export_summary(export_dir: Path, manifest: dict) -> None:
 @app.command()
 @user_errors
 def demo(
-    out: Path = typer.Option(Path("runs"), "--out", help="Where the demo keeps its checkpoint and export."),
-    retrain: bool = typer.Option(False, "--retrain", help="Train again even if a checkpoint of the same recipe exists."),
+    out: Path = typer.Option(Path("runs"), "--out", help="Where the demo keeps its checkpoints and exports."),
+    retrain: bool = typer.Option(False, "--retrain", help="Train again even if checkpoints of the same recipes exist."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """End to end on the bundled digits: train (or reuse), export every target, verify, serve, run the client.
+    """End to end on the bundled digits: train digits and its device-tuned variant (or reuse them),
+    export every target, verify, serve both from one shared cloud, run the client for each.
 
     Example: dtconvert demo
     """
     from rich.console import Console
 
-    from dtconvert.checkpoint import load_checkpoint
-    from dtconvert.export import ExportFailed, run_export
     from dtconvert.recipe import load_recipe
-    from dtconvert.targets import DEVICE_TARGETS
-    from dtconvert.train import train as run_training
 
     console = Console(stderr=True)
-    recipe = load_recipe(bundled_recipe_dir() / "digits.yaml")
-    ckpt_path = out / "digits" / "ckpt.pt"
-    ckpt = None
-    if ckpt_path.is_file() and not retrain:
+    base_path, tuned_path = out / "digits" / "ckpt.pt", out / "digits-tune" / "ckpt.pt"
+    base = _demo_checkpoint(console, load_recipe(bundled_recipe_dir() / "digits.yaml"), base_path, None, retrain, quiet,
+                            "1. train digits (GradNorm over digit and odd)")
+    _print_metrics(base, title="digits: held-out metrics (fp32)")
+    tuned = _demo_checkpoint(console, load_recipe(bundled_recipe_dir() / "digits-tune.yaml"), tuned_path, base_path, retrain, quiet,
+                             "2. device-tune digits-tune from it: a new task (mod3), the cloud trunk frozen")
+    _print_metrics(tuned, title="digits-tune: held-out metrics (fp32)")
+
+    exports = []
+    for step, (name, ckpt_path) in enumerate((("digits", base_path), ("digits-tune", tuned_path)), start=3):
+        console.rule(f"{step}. export {name}: int8 ExecuTorch, Core ML, TFLite + TorchScript decoder, then verify")
+        exports.append(_demo_export(console, ckpt_path, out / "export" / name))
+
+    from dtconvert.client import client_images, run_client
+    from dtconvert.server import BackgroundServer
+
+    console.rule("5. one shared cloud serves both variants on loopback; the reference client sends every held-out digit")
+    reports = []
+    with BackgroundServer([d for d, _ in exports]) as server:
+        console.print(f"dtconvert serve {' '.join(str(d) for d, _ in exports)} listening on {server.url} "
+                      f"(one trunk, {len(exports)} variants)", highlight=False)
+        for export_dir, manifest in exports:
+            images, labels, names = client_images(export_dir, manifest, None, None)
+            for target in ("executorch", "tflite"):
+                started = time.perf_counter()
+                reports.append((manifest, run_client(export_dir, target, server.url, images, labels, names)))
+                console.print(f"✓ {manifest['model']['name']} via {reports[-1][1].runtime}: {len(images)} requests "
+                              f"({time.perf_counter() - started:.1f} s)", highlight=False)
+        served_ids = server.service.model_ids
+    console.print("server stopped", highlight=False)
+    _print_demo_table([m for _, m in exports], reports)
+    typer.echo(f"exports in {out / 'export'}; serve both with: dtconvert serve {' '.join(str(d) for d, _ in exports)} "
+               f"(model ids {', '.join(served_ids)})")
+
+
+def _demo_checkpoint(console, recipe, path: Path, init: Path | None, retrain: bool, quiet: bool, title: str) -> dict:
+    """Reuse ``path`` if it was trained from the same recipe (and, when tuned, from ``init`` as it is now); else train."""
+    from dtconvert.checkpoint import load_checkpoint, sha256_file
+    from dtconvert.train import train as run_training
+
+    if path.is_file() and not retrain:
         try:
-            cached = load_checkpoint(ckpt_path)
+            cached = load_checkpoint(path)
         except UserError:
             cached = None
-        if cached is not None and cached.get("recipe") == recipe.to_dict():
-            console.print(f"reusing {ckpt_path} (same recipe; --retrain to train again)", highlight=False)
-            ckpt = cached
-    if ckpt is None:
-        console.rule("1. train digits (GradNorm over digit and odd)")
-        ckpt = run_training(recipe, ckpt_path.parent, console=console, show_progress=not quiet)
-    _print_metrics(ckpt, title="digits: held-out metrics (fp32)")
+        same_init = init is None or (cached is not None and (cached.get("init") or {}).get("sha256") == sha256_file(init))
+        if cached is not None and cached.get("recipe") == recipe.to_dict() and same_init:
+            console.print(f"reusing {path} (same recipe; --retrain to train again)", highlight=False)
+            return cached
+    console.rule(title)
+    return run_training(recipe, path.parent, init=init, console=console, show_progress=not quiet)
 
-    console.rule("2. export int8 ExecuTorch, Core ML, TFLite + TorchScript decoder, then verify")
+
+def _demo_export(console, ckpt_path: Path, out: Path) -> tuple[Path, dict]:
+    from dtconvert.export import ExportFailed, run_export
+    from dtconvert.targets import DEVICE_TARGETS
+
     try:
-        export_dir, manifest = run_export(ckpt_path, list(DEVICE_TARGETS), out=out / "export" / "digits")
+        export_dir, manifest = run_export(ckpt_path, list(DEVICE_TARGETS), out=out)
     except ExportFailed as e:
         _fail(f"{e} (full log: {e.log})", code=1)
     _print_export_summary(export_dir, manifest)
@@ -401,51 +458,45 @@ def demo(
         first = verification["failed"][0]
         _fail(f"verification failed: {first['artifact']} {first['runtime']} {first['check']}: {first['detail']}", code=1)
     console.print(f"verified: all {verification['checks']} checks passed on {verification['samples']} held-out images", highlight=False)
-
-    from dtconvert.client import client_images, run_client
-    from dtconvert.server import BackgroundServer
-
-    console.rule("3. serve the cloud decoder on loopback; the reference client sends every held-out digit")
-    images, labels, names = client_images(export_dir, manifest, None, None)
-    reports = []
-    with BackgroundServer([export_dir]) as server:
-        console.print(f"dtconvert serve {export_dir} listening on {server.url}", highlight=False)
-        for target in ("executorch", "tflite"):
-            started = time.perf_counter()
-            reports.append(run_client(export_dir, target, server.url, images, labels, names))
-            console.print(f"✓ {reports[-1].runtime}: {len(images)} requests ({time.perf_counter() - started:.1f} s)", highlight=False)
-    console.print("server stopped", highlight=False)
-    _print_demo_table(manifest, reports)
-    typer.echo(f"export in {export_dir}; serve it with: dtconvert serve {export_dir}")
+    return export_dir, manifest
 
 
-def _print_demo_table(manifest: dict, reports: list) -> None:
-    """One row per path from pixels to predictions: accuracy per task, bytes sent, latency."""
+def _print_demo_table(manifests: list[dict], reports: list) -> None:
+    """One row per variant and path from pixels to predictions: accuracy per task, bytes sent, latency."""
     from rich.console import Console
     from rich.table import Table
 
     from dtconvert.wire import header_size
 
-    tasks = [t["name"] for t in manifest["tasks"]]
-    verification = manifest["verification"]
-    table = Table(title=f"{verification['samples']} held-out digits: device encoder → int8 wire → cloud decoder")
-    for column in ("path", *tasks, "bytes sent", "device ms", "round trip ms"):
-        table.add_column(column, justify="left" if column == "path" else "right")
-    for r in reports:
-        s = r.summary()
-        table.add_row(f"{r.runtime.split()[0]} → HTTP", *(f"{s['accuracy'][t]:.2%}" for t in tasks), str(s["payload_bytes"]),
-                      f"{s['device_ms']['p50']:.2f}", f"{s['rtt_ms']['p50']:.1f} / {s['rtt_ms']['p95']:.1f}")
-    fp32 = None
-    for artifact, per_runtime in verification["metrics"].items():
-        for runtime, numbers in per_runtime.items():
-            fp32 = fp32 or [numbers["tasks"][t].get("fp32_accuracy") for t in tasks]
-            if runtime.startswith(("MIL", "Core ML")):
-                message = header_size(len(manifest["wire"]["shape"])) + manifest["wire"]["bytes_per_image"]
-                table.add_row(f"Core ML ({runtime})*", *(f"{numbers['tasks'][t]['accuracy']:.2%}" for t in tasks), str(message), "-", "-")
-    if fp32 is not None:
-        table.add_row("fp32, unsplit", *(f"{a:.2%}" if a is not None else "-" for a in fp32), "-", "-", "-")
+    tasks = list(dict.fromkeys(t["name"] for m in manifests for t in m["tasks"]))
+    samples = manifests[0]["verification"]["samples"]
+    table = Table(title=f"{samples} held-out digits: device encoder → int8 wire → one shared cloud decoder")
+    for column in ("variant", "path", *tasks, "bytes sent", "device ms", "round trip ms"):
+        table.add_column(column, justify="left" if column in ("variant", "path") else "right")
+
+    def cells(accuracy: dict) -> list[str]:
+        return [f"{accuracy[t]:.2%}" if accuracy.get(t) is not None else "—" for t in tasks]
+
+    for manifest in manifests:
+        name = manifest["model"]["name"]
+        for m, r in reports:
+            if m is manifest:
+                s = r.summary()
+                table.add_row(name, f"{r.runtime.split()[0]} → HTTP", *cells(s["accuracy"]), str(s["payload_bytes"]),
+                              f"{s['device_ms']['p50']:.2f}", f"{s['rtt_ms']['p50']:.1f} / {s['rtt_ms']['p95']:.1f}")
+        fp32 = None
+        for per_runtime in manifest["verification"]["metrics"].values():
+            for runtime, numbers in per_runtime.items():
+                fp32 = fp32 or {t: v.get("fp32_accuracy") for t, v in numbers["tasks"].items()}
+                if runtime.startswith(("MIL", "Core ML")):
+                    message = header_size(len(manifest["wire"]["shape"])) + manifest["wire"]["bytes_per_image"]
+                    table.add_row(name, f"Core ML ({runtime})*", *cells({t: v["accuracy"] for t, v in numbers["tasks"].items()}),
+                                  str(message), "-", "-")
+        if fp32 is not None:
+            table.add_row(name, "fp32, unsplit", *cells(fp32), "-", "-", "-")
     Console().print(table)
-    typer.echo("device ms and round trip ms are medians (p50 / p95 for the round trip); bytes sent = wire header + int8 tensor.\n"
+    typer.echo("device ms and round trip ms are medians (p50 / p95 for the round trip); bytes sent = wire header + int8 tensor;\n"
+               "— : a task the variant does not have. Both variants' rows came from one server process holding one trunk.\n"
                "* Core ML predicts only on Apple hardware: here its MIL program ran in dtconvert's reference interpreter, in-process (dtconvert verify).")
 
 

@@ -75,21 +75,30 @@ def test_train_end_to_end_as_subprocess(tmp_path):
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["ckpt.pt"]
 
 
-def test_demo_reuses_a_checkpoint_of_the_same_recipe(digits_ckpt, tmp_path):
-    (tmp_path / "digits").mkdir()
-    (tmp_path / "digits" / "ckpt.pt").write_bytes(digits_ckpt.read_bytes())
-    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "-q"], env={"COLUMNS": "120"})
+def test_demo_serves_both_variants_from_one_cloud(digits_ckpt, tuned_ckpt, tmp_path):
+    for name, ckpt in (("digits", digits_ckpt), ("digits-tune", tuned_ckpt)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "ckpt.pt").write_bytes(ckpt.read_bytes())
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "-q"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    assert "reusing" in result.stderr and "verified: all" in result.stderr
-    # The served paths: both device runtimes reached the real server and scored what verify did.
-    rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if "→ HTTP" in line}
-    assert set(rows) == {"ExecuTorch → HTTP", "LiteRT → HTTP"}, result.stdout
-    manifest = json.loads(next((tmp_path / "export").glob("*/manifest.json")).read_text())
-    verified = manifest["verification"]["metrics"]
-    for runtime, row in zip(("ExecuTorch XNNPACK", "LiteRT XNNPACK"), (rows["ExecuTorch → HTTP"], rows["LiteRT → HTTP"])):
-        numbers = next(v[runtime] for v in verified.values() if runtime in v)
-        cells = [c.strip() for c in row.split("│")[2:4]]
-        assert cells == [f"{numbers['tasks'][t]['accuracy']:.2%}" for t in ("digit", "odd")], (row, numbers)
+    assert result.stderr.count("reusing") == 2 and result.stderr.count("verified: all") == 2
+    assert "(one trunk, 2 variants)" in result.stderr
+    # The served paths: both device runtimes of both variants reached the one server and scored what verify did.
+    rows = {}
+    for line in result.stdout.splitlines():
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if len(cells) > 2 and cells[1].endswith("→ HTTP"):
+            rows[(cells[0], cells[1])] = cells
+    assert set(rows) == {(v, p) for v in ("digits", "digits-tune") for p in ("ExecuTorch → HTTP", "LiteRT → HTTP")}, result.stdout
+    for variant in ("digits", "digits-tune"):
+        manifest = json.loads((tmp_path / "export" / variant / "manifest.json").read_text())
+        verified = manifest["verification"]["metrics"]
+        tasks = [t["name"] for t in manifest["tasks"]]
+        for runtime, path in (("ExecuTorch XNNPACK", "ExecuTorch → HTTP"), ("LiteRT XNNPACK", "LiteRT → HTTP")):
+            numbers = next(v[runtime] for v in verified.values() if runtime in v)
+            cells = rows[(variant, path)][2:5]
+            want = [f"{numbers['tasks'][t]['accuracy']:.2%}" if t in tasks else "—" for t in ("digit", "odd", "mod3")]
+            assert cells == want, (variant, path, cells, want)
     assert "server stopped" in result.stderr
 
 

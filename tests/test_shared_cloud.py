@@ -151,3 +151,92 @@ def test_memory_holds_one_trunk(int8_export, tuned_export):
     wire = np.zeros((3, *cloud.token_shape), dtype=np.int8)
     out = cloud.decode(wire, owners)
     assert [len(row) for row in out] == [2, 2, 3]
+
+
+# ---- Triton: the shared cloud as a model repository ------------------------------------------
+
+
+def _parse_config(path):
+    """A config.pbtxt through Triton's own ModelConfig schema (strict: an unknown field fails)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def _run_ensemble(repo, name: str, inputs: dict):
+    """Execute an ensemble the way its config says: each step's model.pt, inputs and outputs mapped by name."""
+    import torch
+
+    config = _parse_config(repo / name / "config.pbtxt")
+    tensors = dict(inputs)
+    for step in config.ensemble_scheduling.step:
+        model = torch.jit.load(str(repo / step.model_name / "1" / "model.pt"))
+        step_config = _parse_config(repo / step.model_name / "config.pbtxt")
+        args = [tensors[step.input_map[i.name]] for i in step_config.input]
+        with torch.no_grad():
+            result = model(*args)
+        results = result if isinstance(result, tuple) else (result,)
+        for output, value in zip(step_config.output, results):
+            tensors[step.output_map[output.name]] = value
+    return [tensors[o.name] for o in config.output]
+
+
+@pytest.fixture(scope="module")
+def cloud_repo(int8_export, tuned_export, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cloud") / "cloud"
+    done = run_cli("cloud", str(int8_export), str(tuned_export), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def test_every_triton_config_parses_with_tritons_schema(cloud_repo, int8_export):
+    repo = cloud_repo / "triton"
+    configs = {p.parent.name: _parse_config(p) for p in repo.glob("*/config.pbtxt")}
+    trunk = configs.pop("cloud_trunk")
+    assert trunk.HasField("dynamic_batching") and trunk.platform == "pytorch_libtorch"
+    ensembles = {n: c for n, c in configs.items() if c.platform == "ensemble"}
+    heads = {n: c for n, c in configs.items() if c.platform == "pytorch_libtorch"}
+    assert len(ensembles) == 2 and len(heads) == 3  # digit and odd heads shared by both variants
+    for name, config in ensembles.items():
+        steps = [s.model_name for s in config.ensemble_scheduling.step]
+        assert steps[0] == "cloud_trunk" and set(steps[1:]) <= set(heads), steps
+        assert (repo / name / "1").is_dir()
+    for name in heads:
+        assert (repo / name / "1" / "model.pt").is_file() and (repo / name / "labels.txt").is_file()
+    description = json.loads((cloud_repo / "cloud.json").read_text())
+    assert {v["ensemble"] for v in description["variants"]} == set(ensembles)
+    # Each export's own single-model repository parses with the same schema.
+    for config in (int8_export / "triton").glob("*/config.pbtxt"):
+        assert _parse_config(config).max_batch_size == 64
+
+
+def test_twin_the_schema_refuses_a_config_with_a_wrong_field(cloud_repo, tmp_path):
+    from google.protobuf import text_format
+
+    broken = tmp_path / "config.pbtxt"
+    broken.write_text((cloud_repo / "triton" / "cloud_trunk" / "config.pbtxt").read_text().replace("max_batch_size", "max_batch"))
+    with pytest.raises(text_format.ParseError):
+        _parse_config(broken)
+
+
+def test_the_triton_models_answer_like_the_server(cloud_repo, shared_server, variants):
+    """Rows of both variants through one trunk batch, then each ensemble's heads: the server's scores."""
+    import torch
+
+    repo = cloud_repo / "triton"
+    description = json.loads((cloud_repo / "cloud.json").read_text())
+    for v in variants:
+        ensemble = next(e["ensemble"] for e in description["variants"] if e["id"] == v.id)
+        wire = torch.from_numpy(v.wire_int8[:8].copy())
+        outputs = _run_ensemble(repo, ensemble, {"INPUT__0": wire, "INPUT__1": torch.full((8, 1), v.scale),
+                                                 "INPUT__2": torch.full((8, 1), v.zero_point, dtype=torch.int32)})
+        probs = [torch.softmax(o, -1).numpy() for o in outputs]
+        answers = _send_all(shared_server, v, range(8))
+        assert max_score_difference([a["predictions"][0] for _, a in answers], probs, v.tasks) <= 1e-5
+
+
+def test_cloud_refuses_exports_with_different_trunks(int8_export, fp32_export, tmp_path):
+    done = run_cli("cloud", str(int8_export), str(fp32_export), "--out", str(tmp_path / "cloud"))
+    assert_one_line_error(done, "do not share a cloud trunk")
+    assert not (tmp_path / "cloud").exists() and list(tmp_path.iterdir()) == []

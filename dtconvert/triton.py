@@ -1,0 +1,215 @@
+"""``dtconvert cloud``: a Triton model repository for a shared cloud of several device variants.
+
+    dtconvert cloud export/digits export/digits-tune --out cloud/
+
+Loads the exports exactly as ``dtconvert serve`` does (:class:`~dtconvert.cloud.SharedCloud`:
+the trunks proven bit-identical from the decoder files, or a refusal naming the first differing
+tensor), then writes ``OUT/triton/``:
+
+* ``cloud_trunk``: the shared trunk, TorchScript (libtorch backend) with dynamic batching.
+  Inputs per row: ``INPUT__0`` int8 wire ``[T, D]``, ``INPUT__1`` float32 scale ``[1]``,
+  ``INPUT__2`` int32 zero point ``[1]``, so one batch may hold rows of every variant, each
+  dequantized with its own parameters; output ``OUTPUT__0``, the pooled feature.
+* ``head_<task>_<digest>``: one model per distinct head (a head device tuning froze, shared by
+  several variants, is one model), feature → logits, with its label file.
+* ``<variant name>_<model id>``: per variant, an ensemble ``INPUT__0..2`` → ``cloud_trunk`` →
+  its heads → ``OUTPUT__i`` in the variant's task order; the same contract as each export's own
+  single-model repository.
+
+``OUT/cloud.json`` lists the variants (model id, tasks, scale, zero point, ensemble name) and the
+trunk's digest. The directory is written beside ``--out`` and renamed onto it when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dtconvert.errors import UserError
+
+TRUNK_MODEL = "cloud_trunk"
+MAX_BATCH = 64
+QUEUE_DELAY_US = 2000
+
+
+class _Trunk(nn.Module):
+    """The decoder's ``shared_trunk`` as a model of its own."""
+
+    def __init__(self, decoder) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, wire: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+        return self.decoder.shared_trunk(wire, scale, zero_point)
+
+
+class _Head(nn.Module):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.linear = nn.Linear(weight.shape[1], weight.shape[0])
+        with torch.no_grad():
+            self.linear.weight.copy_(weight)
+            self.linear.bias.copy_(bias)
+
+    def forward(self, feature: torch.Tensor) -> torch.Tensor:
+        return self.linear(feature)
+
+
+def head_model_name(key: str) -> str:
+    task, digest = key.split(":")
+    return f"head_{task}_{digest[:8]}"
+
+
+def ensemble_name(variant) -> str:
+    return f"{variant.manifest['model']['name']}_{variant.model_id}"
+
+
+def write_cloud(export_dirs: list[Path], out: Path) -> dict:
+    """Write the shared cloud's Triton repository and ``cloud.json`` to ``out``; return cloud.json."""
+    from dtconvert.cloud import SharedCloud
+
+    cloud = SharedCloud([Path(d) for d in export_dirs])
+    if cloud.legacy:
+        first = next(iter(cloud.variants.values()))
+        raise UserError(f"{first.export_dir}: its decoder predates shared serving (no shared_trunk); re-export it")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: --out exists and is not a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        repo = staging / "triton"
+        tokens, width = cloud.token_shape
+        feature_dim = next(iter(cloud.heads.values()))[0].shape[1]
+        _write_trunk(repo, cloud, tokens, width, feature_dim)
+        for key, (weight, bias) in cloud.heads.items():
+            owner = next(v for v in cloud.variants.values() if key in v.heads)
+            task = key.split(":")[0]
+            _write_head(repo, head_model_name(key), weight, bias, owner.labels[task], feature_dim)
+        for variant in cloud.variants.values():
+            _write_ensemble(repo, variant, tokens, width)
+        description = {
+            "format": "dtconvert-cloud", "format_version": 1,
+            "trunk_sha256": variant_identity(cloud),
+            "triton": {"repository": "triton", "trunk_model": TRUNK_MODEL, "max_batch_size": MAX_BATCH},
+            "variants": [{**v.summary(), "export": str(v.export_dir), "ensemble": ensemble_name(v),
+                          "heads": [head_model_name(k) for k in v.heads]} for v in cloud.variants.values()],
+        }
+        (staging / "cloud.json").write_text(json.dumps(description, indent=2) + "\n")
+        if out.exists():
+            retired = out.parent / f".{out.name}.old"
+            shutil.rmtree(retired, ignore_errors=True)
+            out.rename(retired)
+            staging.rename(out)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            staging.rename(out)
+        return description
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def variant_identity(cloud) -> str:
+    from dtconvert.targets.torchscript import cloud_identity
+
+    first = next(iter(cloud.variants.values()))
+    return cloud_identity(cloud.trunk, first.tasks)["trunk_sha256"]
+
+
+def _save(module: nn.Module, example: tuple, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch 2.13 marks TorchScript deprecated; Triton's libtorch backend loads it
+        traced = torch.jit.trace(module.eval(), example, check_trace=False)
+        torch.jit.save(traced, str(path))
+
+
+def _write_trunk(repo: Path, cloud, tokens: int, width: int, feature_dim: int) -> None:
+    v = next(iter(cloud.variants.values()))
+    example = (torch.zeros((2, tokens, width), dtype=torch.int8), torch.full((2, 1), v.scale), torch.full((2, 1), v.zero_point, dtype=torch.int32))
+    _save(_Trunk(cloud.trunk), example, repo / TRUNK_MODEL / "1" / "model.pt")
+    (repo / TRUNK_MODEL / "config.pbtxt").write_text(f"""# The shared cloud trunk of {len(cloud.variants)} device variant(s): {', '.join(cloud.model_ids)}.
+# Every row carries its own variant's scale and zero point, so one dynamic batch serves every variant.
+name: "{TRUNK_MODEL}"
+platform: "pytorch_libtorch"
+max_batch_size: {MAX_BATCH}
+input [
+  {{ name: "INPUT__0" data_type: TYPE_INT8 dims: [ {tokens}, {width} ] }},
+  {{ name: "INPUT__1" data_type: TYPE_FP32 dims: [ 1 ] }},
+  {{ name: "INPUT__2" data_type: TYPE_INT32 dims: [ 1 ] }}
+]
+output [
+  {{ name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ {feature_dim} ] }}
+]
+dynamic_batching {{
+  max_queue_delay_microseconds: {QUEUE_DELAY_US}
+}}
+instance_group [ {{ kind: KIND_CPU, count: 1 }} ]
+""")
+
+
+def _write_head(repo: Path, name: str, weight: torch.Tensor, bias: torch.Tensor, labels: list[str], feature_dim: int) -> None:
+    _save(_Head(weight, bias), (torch.zeros((2, feature_dim)),), repo / name / "1" / "model.pt")
+    (repo / name / "labels.txt").write_text("\n".join(labels) + "\n")
+    (repo / name / "config.pbtxt").write_text(f"""# One task head: shared trunk feature -> logits.
+name: "{name}"
+platform: "pytorch_libtorch"
+max_batch_size: {MAX_BATCH}
+input [
+  {{ name: "INPUT__0" data_type: TYPE_FP32 dims: [ {feature_dim} ] }}
+]
+output [
+  {{ name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ {len(labels)} ] label_filename: "labels.txt" }}
+]
+dynamic_batching {{
+  max_queue_delay_microseconds: {QUEUE_DELAY_US}
+}}
+instance_group [ {{ kind: KIND_CPU, count: 1 }} ]
+""")
+
+
+def _write_ensemble(repo: Path, variant, tokens: int, width: int) -> None:
+    name = ensemble_name(variant)
+    (repo / name / "1").mkdir(parents=True)  # an ensemble has no model file, but Triton wants its version folder
+    outputs = ",\n".join(f'  {{ name: "OUTPUT__{i}" data_type: TYPE_FP32 dims: [ {len(variant.labels[t])} ] }}'
+                         for i, t in enumerate(variant.tasks))
+    trunk_step = f"""    {{
+      model_name: "{TRUNK_MODEL}"
+      model_version: -1
+      input_map {{ key: "INPUT__0" value: "INPUT__0" }}
+      input_map {{ key: "INPUT__1" value: "INPUT__1" }}
+      input_map {{ key: "INPUT__2" value: "INPUT__2" }}
+      output_map {{ key: "OUTPUT__0" value: "feature" }}
+    }}"""
+    head_steps = [f"""    {{
+      model_name: "{head_model_name(key)}"
+      model_version: -1
+      input_map {{ key: "INPUT__0" value: "feature" }}
+      output_map {{ key: "OUTPUT__0" value: "OUTPUT__{i}" }}
+    }}""" for i, key in enumerate(variant.heads)]
+    (repo / name / "config.pbtxt").write_text(f"""# Device variant {variant.manifest['model']['name']} (model id {variant.model_id}): the shared trunk, then its heads.
+# OUTPUT__i follows its tasks' order: {', '.join(variant.tasks)}. Scale {variant.scale!r}, zero point {variant.zero_point}.
+name: "{name}"
+platform: "ensemble"
+max_batch_size: {MAX_BATCH}
+input [
+  {{ name: "INPUT__0" data_type: TYPE_INT8 dims: [ {tokens}, {width} ] }},
+  {{ name: "INPUT__1" data_type: TYPE_FP32 dims: [ 1 ] }},
+  {{ name: "INPUT__2" data_type: TYPE_INT32 dims: [ 1 ] }}
+]
+output [
+{outputs}
+]
+ensemble_scheduling {{
+  step [
+{(',' + chr(10)).join([trunk_step, *head_steps])}
+  ]
+}}
+""")
