@@ -34,12 +34,13 @@ NPM_CI = "npm ci --prefix android_demo/tools"
 CORE_SOURCES = [ANDROID / "core" / "src" / "main" / "kotlin", ANDROID / "core" / "src" / "test" / "kotlin"]
 APP_SOURCES = ANDROID / "app" / "src" / "main" / "kotlin"
 MANIFEST_KEYS_KT = ANDROID / "core" / "src" / "main" / "kotlin" / "dev" / "dtconvert" / "demo" / "core" / "ManifestKeys.kt"
+EXPORT_PATHS_KT = MANIFEST_KEYS_KT.parent / "ExportPaths.kt"
 APP_BUILD = ANDROID / "app" / "build.gradle.kts"
 SCHEMA = REPO / "dtconvert" / "manifest.schema.json"
 GOLDEN_WIRE = REPO / "tests" / "golden" / "wire"
 RUNNER = "dev.dtconvert.demo.core.TestRunnerKt"
 # How many tests each Kotlin suite has: a suite that silently lost tests fails here.
-SUITE_TESTS = {"unit": 34, "export": 4, "roundtrip": 6}
+SUITE_TESTS = {"unit": 49, "export": 4, "roundtrip": 6}
 SUMMARY = re.compile(r"^(\d+) passed, (\d+) failed$", re.MULTILINE)
 
 
@@ -117,6 +118,36 @@ def test_twin_kotlin_export_suite_catches_a_changed_wire_byte(core_tests_jar, in
     assert code != 0 and failed == 1
     assert "FAIL export/golden encoder outputs quantize to golden wire_int8 byte for byte" in output
     assert "first difference at byte 5" in output
+
+
+def _doctored_export(int8_export: Path, tmp_path: Path, case: str) -> tuple[Path, str]:
+    """A copy of the int8 export broken one way; returns it and the sentence the Kotlin reader must give."""
+    export = shutil.copytree(int8_export, tmp_path / "export", ignore=shutil.ignore_patterns("*.mlpackage", "triton", "*.pt"))
+    manifest = manifest_of(int8_export)
+    index, artifact = next((i, a) for i, a in enumerate(manifest["artifacts"]) if a["part"] == "device" and a["target"] == "executorch")
+    outside = tmp_path / "outside.pte"
+    shutil.copy(export / artifact["path"], outside)  # the same bytes: only the path rule can stop it
+    if case == "symlink":
+        (export / artifact["path"]).unlink()
+        (export / artifact["path"]).symlink_to(outside)
+        return export, f'artifacts[{index}].path "{artifact["path"]}" leaves the export directory (it resolves to {outside}, outside'
+    path = {"traversal": "../outside.pte", "absolute": str(outside)}[case]
+    manifest["artifacts"][index]["path"] = path
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    why = {"traversal": 'it contains ".."', "absolute": "it is absolute"}[case]
+    return export, f'artifacts[{index}].path "{path}" leaves the export directory ({why})'
+
+
+@pytest.mark.parametrize("case", ["traversal", "absolute", "symlink"])
+def test_kotlin_reader_refuses_an_export_path_that_leaves_it(core_tests_jar, int8_export, tmp_path, case):
+    """The real export with its ExecuTorch encoder reached through `..`, an absolute path or a
+    symlink to a byte-identical file outside: the Kotlin reader fails with one sentence naming
+    the manifest field and the path. Twin: test_kotlin_core_export_suite passes on the intact export."""
+    export, sentence = _doctored_export(int8_export, tmp_path, case)
+    code, _, failed, output = run_suites(core_tests_jar, "export", DT_EXPORT_DIR=export)
+    assert code != 0 and failed >= 1, output
+    [line] = [line for line in output.splitlines() if line.startswith("FAIL export/real manifest parses")]
+    assert sentence in line, line
 
 
 @pytest.mark.serve
@@ -209,6 +240,35 @@ def test_manifest_keys_read_by_kotlin_exist_in_the_schema():
     # The parser reads keys only through ManifestKeys: no quoted key passed to at()/optionalAt().
     manifest_kt = (MANIFEST_KEYS_KT.parent / "Manifest.kt").read_text()
     assert not re.search(r'\b(at|optionalAt|optional|get)\("', manifest_kt), "Manifest.kt reads a key spelled outside ManifestKeys"
+
+
+# ---- the export confinement rule: core and the copyExport Gradle task share it ------------------
+
+def export_paths_object(source: str) -> str:
+    """The `object ExportPaths` declaration with its KDoc, as written in a Kotlin source."""
+    start = source.index("/**\n * An export directory is something")
+    end = source.index("\n}\n", source.index("object ExportPaths {", start)) + 3
+    return source[start:end]
+
+
+def test_copy_export_task_holds_core_s_confinement_rule_verbatim():
+    """app/build.gradle.kts runs in the build JVM without core's classes, so it carries a copy of
+    core's ExportPaths; the copy is the tested one character for character, and the task uses it
+    for every path it copies (no include patterns, which would read a path as a glob)."""
+    core = export_paths_object(EXPORT_PATHS_KT.read_text())
+    build = APP_BUILD.read_text()
+    assert "fun resolve(exportDir: File, path: String, key: String): File" in core
+    assert export_paths_object(build) == core
+    task = build[build.index("abstract class CopyExportTask"):build.index("abstract class NetworkSecurityConfigTask")]
+    assert "ExportPaths.resolve(export, path, key)" in task and "ExportPaths.problem(path)" in task
+    assert "include(" not in task and "MessageDigest" in task
+
+
+def test_twin_shared_rule_check_notices_a_changed_copy():
+    build = APP_BUILD.read_text()
+    loosened = build.replace('path.split(\'/\', \'\\\\\').any { it == ".." }', 'path.split(\'/\').any { it == ".." }')
+    assert loosened != build
+    assert export_paths_object(loosened) != export_paths_object(EXPORT_PATHS_KT.read_text())
 
 
 def test_twin_schema_check_catches_made_up_keys():

@@ -1,6 +1,8 @@
 import com.android.build.api.variant.BuildConfigField
 import groovy.json.JsonSlurper
+import java.io.File
 import java.net.URI
+import java.security.MessageDigest
 import javax.inject.Inject
 
 // AGP 9 compiles Kotlin itself (built-in Kotlin): no org.jetbrains.kotlin.android plugin here.
@@ -73,13 +75,62 @@ object ManifestKeys {
     const val ARTIFACT_KIND = "artifacts[].kind"
     const val ARTIFACT_PART = "artifacts[].part"
     const val ARTIFACT_TARGET = "artifacts[].target"
+    const val ARTIFACT_SHA256 = "artifacts[].sha256"
     const val GOLDEN_PATH = "golden.path"
+    const val GOLDEN_FILES = "golden.files"
+}
+
+// The export confinement rule: a verbatim copy of core's ExportPaths.kt (this script runs in the
+// build JVM, where core's classes are not on the classpath). tests/test_android.py fails when the
+// two copies differ, so core's unit tests of the rule hold for this copy too.
+/**
+ * An export directory is something users download and pass around, so every path its manifest
+ * names must stay inside it: relative, no `..`, and no symlink that leads out.
+ */
+object ExportPaths {
+    /**
+     * Why the manifest path [path] cannot name a file inside its export, or null when it can.
+     * `\` counts as a separator too, so a path written on Windows cannot climb either.
+     */
+    fun problem(path: String): String? = when {
+        path.isEmpty() -> "it is empty"
+        '\u0000' in path -> "it contains a NUL character"
+        path.startsWith("/") || path.startsWith("\\") || WINDOWS_DRIVE.containsMatchIn(path) -> "it is absolute"
+        path.split('/', '\\').any { it == ".." } -> "it contains \"..\""
+        else -> null
+    }
+
+    /** The one sentence every reader gives for a path that leaves its export. */
+    fun message(key: String, path: String, why: String): String = "$key \"$path\" leaves the export directory ($why)"
+
+    /**
+     * The file that [path], the value of the manifest field [key] (`artifacts[2].path`), names
+     * inside [exportDir], every symlink resolved. Throws [IllegalArgumentException] with
+     * [message] when the path is not confined to the export, also when a symlink leads out.
+     */
+    fun resolve(exportDir: File, path: String, key: String): File {
+        problem(path)?.let { throw IllegalArgumentException(message(key, path, it)) }
+        val root = exportDir.canonicalFile
+        val file = File(root, path).canonicalFile
+        if (file != root && !file.path.startsWith(root.path + File.separator)) {
+            throw IllegalArgumentException(message(key, path, "it resolves to $file, outside $root"))
+        }
+        return file
+    }
+
+    private val WINDOWS_DRIVE = Regex("^[A-Za-z]:")
 }
 
 /**
  * Copies what the app needs from a `dtconvert export` directory into generated assets: the
- * manifest, the Android device encoders it lists (ExecuTorch and LiteRT), and the golden folder
- * (the bundled held-out digits). The cloud decoder, Core ML package and Triton repository stay out.
+ * manifest, the Android device encoders it lists (ExecuTorch and LiteRT), and the golden files it
+ * lists (the bundled held-out digits). The cloud decoder, Core ML package and Triton repository
+ * stay out.
+ *
+ * The export is untrusted input: every path the manifest names must stay inside it
+ * ([ExportPaths]: no `..`, nothing absolute, no symlink leading out) and every copied file must
+ * match its sha256. Everything is checked before anything is copied, so a bad export fails the
+ * build with one sentence naming the manifest field and leaves the previous assets as they were.
  */
 abstract class CopyExportTask : DefaultTask() {
     // InputFiles rather than InputDirectory: a missing export gets the message below, not Gradle's.
@@ -105,25 +156,69 @@ abstract class CopyExportTask : DefaultTask() {
                 "dtExportDir=$export has no manifest.json: run `dtconvert export CKPT --target all --out DIR` and pass -PdtExportDir=DIR",
             )
         }
-        val manifest = JsonSlurper().parse(manifestFile) as Map<*, *>
+        val files = try {
+            appFiles(export)
+        } catch (e: IllegalArgumentException) {
+            throw GradleException("dtExportDir=$export: ${e.message}")
+        }
+        // Explicit files, not include patterns: a manifest path is never read as a glob.
+        fileSystem.sync {
+            into(outputDir.dir(assetFolder))
+            for ((relative, source) in files) {
+                from(source) {
+                    val folder = relative.substringBeforeLast('/', "")
+                    if (folder.isNotEmpty()) into(folder)
+                    rename { relative.substringAfterLast('/') }
+                }
+            }
+        }
+    }
+
+    /**
+     * (asset path, source file) for everything the app needs, each confined to [export] and
+     * checked against its sha256; throws IllegalArgumentException with one sentence otherwise.
+     */
+    private fun appFiles(export: File): List<Pair<String, File>> {
+        val manifestFile = ExportPaths.resolve(export, "manifest.json", "the manifest")
+        val manifest = try {
+            JsonSlurper().parse(manifestFile) as Map<*, *>
+        } catch (e: Exception) {
+            throw IllegalArgumentException("manifest.json is not a JSON object (${e.message?.lineSequence()?.first()})")
+        }
         fun at(node: Any?, key: String): Any? = key.substringAfterLast("[].").split('.').fold(node) { n, part -> (n as? Map<*, *>)?.get(part) }
-        val artifacts = (at(manifest, ManifestKeys.ARTIFACTS) as? List<*>).orEmpty()
-        val encoders = artifacts.filter {
-            at(it, ManifestKeys.ARTIFACT_PART) == "device" && at(it, ManifestKeys.ARTIFACT_KIND) == "file" &&
-                at(it, ManifestKeys.ARTIFACT_TARGET) in listOf("executorch", "tflite")
-        }.map { at(it, ManifestKeys.ARTIFACT_PATH) as String }
-        if (encoders.isEmpty()) {
-            throw GradleException("$manifestFile lists no executorch or tflite device encoder: export with --target executorch,tflite (or all)")
+        fun string(node: Any?, key: String, where: String): String =
+            at(node, key) as? String ?: throw IllegalArgumentException("manifest.json: $where must be a string")
+        // (manifest field, path, sha256) of each file to copy.
+        val wanted = mutableListOf<Triple<String, String, String>>()
+        (at(manifest, ManifestKeys.ARTIFACTS) as? List<*>).orEmpty().forEachIndexed { i, artifact ->
+            val key = ManifestKeys.ARTIFACT_PATH.replace("[]", "[$i]")
+            val path = string(artifact, ManifestKeys.ARTIFACT_PATH, key)
+            // Every artifact path, copied or not: the app's reader refuses the whole manifest otherwise.
+            ExportPaths.problem(path)?.let { throw IllegalArgumentException(ExportPaths.message(key, path, it)) }
+            val encoder = at(artifact, ManifestKeys.ARTIFACT_PART) == "device" && at(artifact, ManifestKeys.ARTIFACT_KIND) == "file" &&
+                at(artifact, ManifestKeys.ARTIFACT_TARGET) in listOf("executorch", "tflite")
+            if (encoder) wanted += Triple(key, path, string(artifact, ManifestKeys.ARTIFACT_SHA256, ManifestKeys.ARTIFACT_SHA256.replace("[]", "[$i]")))
+        }
+        if (wanted.isEmpty()) {
+            throw IllegalArgumentException("manifest.json lists no executorch or tflite device encoder: export with --target executorch,tflite (or all)")
         }
         val golden = at(manifest, ManifestKeys.GOLDEN_PATH) as String?
-        fileSystem.sync {
-            from(export) {
-                include(manifestFile.name)
-                encoders.forEach { include(it) }
-                if (golden != null) include("$golden/**")
+        if (golden != null) {
+            ExportPaths.problem(golden)?.let { throw IllegalArgumentException(ExportPaths.message(ManifestKeys.GOLDEN_PATH, golden, it)) }
+            for ((name, digest) in (at(manifest, ManifestKeys.GOLDEN_FILES) as? Map<*, *>).orEmpty()) {
+                val key = "${ManifestKeys.GOLDEN_FILES}.$name"
+                ExportPaths.problem("$name")?.let { throw IllegalArgumentException(ExportPaths.message(key, "$name", it)) }
+                wanted += Triple(key, "$golden/$name", digest as? String ?: throw IllegalArgumentException("manifest.json: $key must be a string"))
             }
-            into(outputDir.dir(assetFolder))
         }
+        val files = wanted.map { (key, path, sha256) ->
+            val file = ExportPaths.resolve(export, path, key)
+            if (!file.isFile) throw IllegalArgumentException("$key \"$path\" is not a file in the export")
+            val digest = MessageDigest.getInstance("SHA-256").digest(file.readBytes()).joinToString("") { "%02x".format(it.toInt() and 0xFF) }
+            if (digest != sha256) throw IllegalArgumentException("$key \"$path\" has sha256 $digest, but the manifest lists $sha256 (modified or corrupt; re-export)")
+            path to file
+        }
+        return listOf("manifest.json" to manifestFile) + files
     }
 }
 

@@ -168,7 +168,9 @@ final class DemoModel {
                 values: Wire.quantize(wireFloat, scale: scale, zeroPoint: wire.zeroPoint))
             let payload = try Wire.encode(wireMessage)
 
-            let answer = try await DecoderClient(baseURL: baseURL).decode(payload, topK: topK)
+            // The token comes from the Keychain (Settings), never from the build.
+            let client = DecoderClient(baseURL: baseURL, token: ServerToken.read())
+            let answer = try await client.decode(payload, topK: topK)
             let firstImage = answer.response.predictions.first ?? [:]
             result = RunResult(
                 imageTitle: image.title,
@@ -179,6 +181,9 @@ final class DemoModel {
                 roundTrip: answer.roundTrip,
                 timing: answer.response.timing
             )
+        } catch DecoderClientError.server(let status, let sentence) where status == 401 {
+            result = nil
+            message = "server answered 401: \(sentence) (enter the token the server was started with in Settings)"
         } catch {
             result = nil
             message = error.localizedDescription

@@ -60,10 +60,18 @@ public actor CoreMLEncoder {
         guard let input = artifact.inputs?.first, let output = artifact.outputs?.first else {
             throw CoreMLEncoderError.noFeatureNames(artifact.path)
         }
-        let compiled = try await compiledModel(for: artifact, in: export, cacheDirectory: cacheDirectory)
         let configuration = MLModelConfiguration()
         configuration.computeUnits = computeUnits
-        let model = try await MLModel.load(contentsOf: compiled, configuration: configuration)
+        let model: MLModel
+        do {
+            let compiled = try await compiledModel(for: artifact, in: export, cacheDirectory: cacheDirectory)
+            model = try await MLModel.load(contentsOf: compiled, configuration: configuration)
+        } catch {
+            // A package whose sha256 matched but that Core ML cannot compile or load: one sentence
+            // naming the manifest field, not Core ML's error chain.
+            let reason = error.localizedDescription.split(separator: "\n").first.map(String.init) ?? "\(error)"
+            throw ExportFileError(key: export.manifest.key(of: artifact), path: artifact.path, reason: "Core ML cannot load it (\(reason))")
+        }
         return CoreMLEncoder(model: model, input: input, output: output)
     }
 

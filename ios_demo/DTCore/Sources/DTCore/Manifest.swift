@@ -172,6 +172,9 @@ public struct Manifest: Codable, Sendable {
             case count
             case files
         }
+
+        /// The manifest field naming the golden file `name`, for error messages.
+        public func key(_ name: String) -> String { "golden.files.\(name)" }
     }
 
     /// Read just the version first, so a newer manifest is refused by name rather than failing
@@ -196,11 +199,40 @@ public struct Manifest: Codable, Sendable {
         guard version <= supportedSchemaVersion else {
             throw ManifestError.newerSchema(source, version)
         }
+        let manifest: Manifest
         do {
-            return try decoder.decode(Manifest.self, from: data)
+            manifest = try decoder.decode(Manifest.self, from: data)
         } catch {
             throw ManifestError.unreadable(source, String(describing: error))
         }
+        try manifest.checkPaths()
+        return manifest
+    }
+
+    /// Refuse a manifest naming any path that is absolute or climbs with `..` (ExportPaths), which
+    /// ever file a reader would open: an export is untrusted input.
+    func checkPaths() throws {
+        for (index, artifact) in artifacts.enumerated() {
+            try ExportPaths.check(artifact.path, key: artifactKey(index))
+            for name in (artifact.files ?? [:]).keys.sorted() {
+                try ExportPaths.check(name, key: "\(artifactKey(index, field: "files")).\(name)")
+            }
+        }
+        if let golden {
+            try ExportPaths.check(golden.path, key: "golden.path")
+            for name in golden.files.keys.sorted() {
+                try ExportPaths.check(name, key: golden.key(name))
+            }
+        }
+    }
+
+    /// The manifest field of an artifact, for error messages: `artifacts[2].path`.
+    func artifactKey(_ index: Int, field: String = "path") -> String { "artifacts[\(index)].\(field)" }
+
+    /// The manifest field naming `artifact`'s path (the first entry with its path, part and target).
+    public func key(of artifact: ArtifactEntry) -> String {
+        let index = artifacts.firstIndex { $0.path == artifact.path && $0.part == artifact.part && $0.target == artifact.target }
+        return artifactKey(index ?? 0)
     }
 
     /// The first artifact of this part and target (`device` + `coreml` for the app).
@@ -238,18 +270,42 @@ public enum ManifestError: Error, LocalizedError, Equatable {
 
 /// An export directory on disk (the app bundle's copy, or `export/digits` in tests) with its
 /// manifest decoded. Paths inside it are always resolved through the manifest.
+///
+/// The export is untrusted input, so opening it checks every path the manifest names: none is
+/// absolute or climbs with `..` (`Manifest.decode`), none that exists is a symlink leading out of
+/// the export, and no directory artifact holds such a symlink. Each failure is an
+/// `ExportPathError` naming the manifest field and the path.
 public struct ExportDirectory: Sendable {
     public let url: URL
     public let manifest: Manifest
 
     public init(url: URL) throws {
-        let manifestURL = url.appending(path: Manifest.fileName, directoryHint: .notDirectory)
+        let manifestURL = try ExportPaths.resolve(Manifest.fileName, key: "the manifest", in: url)
         guard FileManager.default.fileExists(atPath: manifestURL.path(percentEncoded: false)) else {
             throw ManifestError.missing(manifestURL.path(percentEncoded: false))
         }
         let data = try Data(contentsOf: manifestURL)
         self.url = url
         self.manifest = try Manifest.decode(from: data, source: manifestURL.path(percentEncoded: false))
+        try checkLinks()
+    }
+
+    /// Every path the manifest names that exists must, with its symlinks resolved, stay inside the export.
+    private func checkLinks() throws {
+        for (index, artifact) in manifest.artifacts.enumerated() {
+            let key = manifest.artifactKey(index)
+            let isDirectory = artifact.kind == "directory"
+            let hint: URL.DirectoryHint = isDirectory ? .isDirectory : .notDirectory
+            let location = try ExportPaths.resolve(artifact.path, key: key, in: url, directoryHint: hint)
+            if isDirectory {
+                try ExportPaths.checkTree(location, path: artifact.path, key: key, in: url)
+            }
+        }
+        if let golden = manifest.golden {
+            for name in golden.files.keys.sorted() {
+                _ = try ExportPaths.resolve("\(golden.path)/\(name)", key: golden.key(name), in: url)
+            }
+        }
     }
 
     /// Where an artifact the manifest lists lies on disk.
@@ -272,9 +328,18 @@ public struct ExportDirectory: Sendable {
     /// of uint8 pixels (N × H × W, or N × H × W × C), found by its type, not by a file name.
     /// Digits exports carry eight 8×8 held-out digits; image-folder exports carry none.
     public func heldoutImages() throws -> [PixelImage] {
-        for (_, fileURL) in goldenFiles().sorted(by: { $0.key < $1.key }) {
+        for (name, fileURL) in goldenFiles().sorted(by: { $0.key < $1.key }) {
             guard FileManager.default.fileExists(atPath: fileURL.path(percentEncoded: false)) else { continue }
-            let array = try NPYArray(contentsOf: fileURL)
+            let array: NPYArray
+            do {
+                array = try NPYArray(contentsOf: fileURL)
+            } catch {
+                // Its sha256 may match and it still be no array: one sentence naming the field.
+                let golden = manifest.golden
+                let reason: String
+                if case .invalid(_, let why)? = error as? NPYError { reason = why } else { reason = error.localizedDescription }
+                throw ExportFileError(key: golden?.key(name) ?? name, path: "\(golden?.path ?? "")/\(name)", reason: reason)
+            }
             guard case .uint8(let pixels) = array.scalars, array.shape.count == 3 || array.shape.count == 4 else { continue }
             let count = array.shape[0], height = array.shape[1], width = array.shape[2]
             let channels = array.shape.count == 4 ? array.shape[3] : 1

@@ -7,22 +7,45 @@ import XCTest
 import FoundationNetworking
 #endif
 
-/// What the stub answers and what it was last asked. URLSession loads on its own threads, so
-/// under Swift 6 this shared state sits behind a lock rather than in mutable statics.
+/// One canned answer of the stub.
+struct StubAnswer: Sendable {
+    let status: Int
+    let body: String
+    var headers: [String: String] = [:]
+}
+
+/// What the stub answers and what it was asked. URLSession loads on its own threads, so under
+/// Swift 6 this shared state sits behind a lock rather than in mutable statics.
 final class StubState: @unchecked Sendable {
     private let lock = NSLock()
-    private var storedAnswer: (status: Int, body: String) = (200, "{}")
-    private var storedRequest: URLRequest?
+    private var script: [StubAnswer] = [StubAnswer(status: 200, body: "{}")]
+    private var storedRequests: [URLRequest] = []
 
+    /// Answer every request the same way (and forget earlier requests).
     var answer: (status: Int, body: String) {
-        get { locked { storedAnswer } }
-        set { locked { storedAnswer = newValue } }
+        get { locked { (script[0].status, script[0].body) } }
+        set { play([StubAnswer(status: newValue.status, body: newValue.body)]) }
     }
 
-    var lastRequest: URLRequest? {
-        get { locked { storedRequest } }
-        set { locked { storedRequest = newValue } }
+    /// Answer the n-th request with `answers[n]`, the last one again once they run out.
+    func play(_ answers: [StubAnswer]) {
+        locked {
+            script = answers
+            storedRequests = []
+        }
     }
+
+    /// Record a request and return its answer.
+    func next(for request: URLRequest) -> StubAnswer {
+        locked {
+            storedRequests.append(request)
+            return script[min(storedRequests.count, script.count) - 1]
+        }
+    }
+
+    var requests: [URLRequest] { locked { storedRequests } }
+
+    var lastRequest: URLRequest? { requests.last }
 
     private func locked<T>(_ body: () -> T) -> T {
         lock.lock()
@@ -39,11 +62,10 @@ final class StubProtocol: URLProtocol {
     override class func canonicalRequest(for request: URLRequest) -> URLRequest { request }
 
     override func startLoading() {
-        Self.state.lastRequest = request
-        let answer = Self.state.answer
+        let answer = Self.state.next(for: request)
         let response = HTTPURLResponse(
             url: request.url!, statusCode: answer.status, httpVersion: "HTTP/1.1",
-            headerFields: ["Content-Type": "application/json"])!
+            headerFields: answer.headers.merging(["Content-Type": "application/json"]) { old, _ in old })!
         client?.urlProtocol(self, didReceive: response, cacheStoragePolicy: .notAllowed)
         client?.urlProtocol(self, didLoad: Data(answer.body.utf8))
         client?.urlProtocolDidFinishLoading(self)
@@ -55,12 +77,14 @@ final class StubProtocol: URLProtocol {
 /// The client against the API of `dtconvert serve` (POST /v1/decode, GET /healthz), stubbed.
 final class DecoderClientTests: XCTestCase {
     var client: DecoderClient!
+    var session: URLSession!
 
     override func setUp() {
         let configuration = URLSessionConfiguration.ephemeral
         configuration.protocolClasses = [StubProtocol.self]
+        session = URLSession(configuration: configuration)
         // The base URL is a test fixture: the app takes it from its settings.
-        client = DecoderClient(baseURL: URL(string: "http://dtconvert.test:8080")!, session: URLSession(configuration: configuration))
+        client = DecoderClient(baseURL: URL(string: "http://dtconvert.test:8080")!, session: session)
     }
 
     func testPostsTheWireMessageAndReadsThePredictions() async throws {
@@ -115,5 +139,139 @@ final class DecoderClientTests: XCTestCase {
         let health = try await client.health()
         XCTAssertTrue(health.serves("fedcba9876543210"))
         XCTAssertFalse(health.serves("0000000000000000"))
+    }
+}
+
+/// The waits a client asked for, instead of waiting.
+actor Waits {
+    private(set) var asked: [Duration] = []
+
+    func record(_ wait: Duration) { asked.append(wait) }
+}
+
+/// Overload, authentication and HTTPS: what `dtconvert serve` answers under load or with
+/// `--token-file`, stubbed (docs/serving.md).
+final class DecoderClientHardeningTests: XCTestCase {
+    static let decoded = #"{"model_id": "0123456789abcdef", "tasks": ["digit"], "predictions": [{"digit": []}]}"#
+    static let busy = #"{"error": "the decode queue is full (64 images waiting); try again shortly", "status": 503}"#
+    static let unauthorized = #"{"error": "this server needs a bearer token (Authorization: Bearer ...)", "status": 401}"#
+    static let token = "s3cret-T0ken_for+tests/="
+
+    var session: URLSession!
+    let waits = Waits()
+
+    override func setUp() {
+        let configuration = URLSessionConfiguration.ephemeral
+        configuration.protocolClasses = [StubProtocol.self]
+        session = URLSession(configuration: configuration)
+    }
+
+    func client(_ url: String = "http://dtconvert.test:8080", token: String? = nil, retry: RetryPolicy = RetryPolicy()) -> DecoderClient {
+        let waits = self.waits
+        return DecoderClient(baseURL: URL(string: url)!, token: token, retry: retry, session: session, sleep: { await waits.record($0) })
+    }
+
+    static func busy(_ retryAfter: String?) -> StubAnswer {
+        StubAnswer(status: 503, body: busy, headers: retryAfter.map { ["Retry-After": $0] } ?? [:])
+    }
+
+    func testWaitsWhatRetryAfterAsksAndRetriesA503() async throws {
+        StubProtocol.state.play([Self.busy("2"), StubAnswer(status: 200, body: Self.decoded)])
+        let result = try await client().decode(Data([1, 2, 3]))
+        XCTAssertEqual(result.response.modelID, "0123456789abcdef")
+        XCTAssertEqual(StubProtocol.state.requests.count, 2)
+        let asked = await waits.asked
+        XCTAssertEqual(asked, [.seconds(2)])
+    }
+
+    func testCapsEachWaitAndGivesUpWithThe503sSentence() async throws {
+        StubProtocol.state.play([Self.busy("3600")])
+        do {
+            _ = try await client().decode(Data([1, 2, 3]))
+            XCTFail("a 503 was taken for an answer")
+        } catch let error as DecoderClientError {
+            XCTAssertEqual(error, .server(status: 503, message: "the decode queue is full (64 images waiting); try again shortly"))
+        }
+        XCTAssertEqual(StubProtocol.state.requests.count, 4, "one request and three retries")
+        let asked = await waits.asked
+        XCTAssertEqual(asked, [.seconds(5), .seconds(5), .seconds(5)])
+        // Twin: two retries stop one request earlier.
+        StubProtocol.state.play([Self.busy("1")])
+        _ = try? await client(retry: RetryPolicy(maxRetries: 2)).decode(Data([1]))
+        XCTAssertEqual(StubProtocol.state.requests.count, 3)
+    }
+
+    func testAMissingOrUnreadableRetryAfterWaitsTheDefault() async throws {
+        StubProtocol.state.play([Self.busy(nil), Self.busy("soon"), Self.busy("-1"), StubAnswer(status: 200, body: Self.decoded)])
+        _ = try await client().decode(Data([1]))
+        let asked = await waits.asked
+        XCTAssertEqual(asked, [.seconds(1), .seconds(1), .seconds(1)])
+        XCTAssertEqual(RetryPolicy().wait(retryAfter: "0"), .zero)
+        XCTAssertEqual(RetryPolicy().wait(retryAfter: "\(Int64.max)"), .seconds(5))
+    }
+
+    // Twin of the retries: a 4xx is asked once, and RetryPolicy.none retries nothing.
+    func testNeverRetriesA4xxAndNothingUnderRetryPolicyNone() async throws {
+        // With a realm: Linux's FoundationNetworking (Swift 6.0.3) traps on a bare `WWW-Authenticate: Bearer`
+        // (its challenge parser), real socket or stub alike; Apple's URLSession takes either.
+        let challenge = ["WWW-Authenticate": #"Bearer realm="dtconvert""#]
+        StubProtocol.state.play([StubAnswer(status: 401, body: Self.unauthorized, headers: challenge)])
+        do {
+            _ = try await client().decode(Data([1]))
+            XCTFail("a 401 was taken for an answer")
+        } catch let error as DecoderClientError {
+            XCTAssertEqual(error, .server(status: 401, message: "this server needs a bearer token (Authorization: Bearer ...)"))
+        }
+        XCTAssertEqual(StubProtocol.state.requests.count, 1)
+        StubProtocol.state.play([Self.busy("1"), StubAnswer(status: 200, body: Self.decoded)])
+        _ = try? await client(retry: .none).decode(Data([1]))
+        XCTAssertEqual(StubProtocol.state.requests.count, 1)
+        let asked = await waits.asked
+        XCTAssertEqual(asked, [])
+    }
+
+    func testSendsTheBearerTokenOnEveryRequestAndNoneWithout() async throws {
+        let health = #"{"status": "ok", "model_id": "0123456789abcdef"}"#
+        StubProtocol.state.play([StubAnswer(status: 200, body: Self.decoded), StubAnswer(status: 200, body: health)])
+        let authorized = client(token: " \(Self.token)\n")
+        XCTAssertTrue(authorized.hasToken)
+        _ = try await authorized.decode(Data([1]))
+        _ = try await authorized.health()
+        let sent = StubProtocol.state.requests.map { $0.value(forHTTPHeaderField: "Authorization") }
+        XCTAssertEqual(sent, ["Bearer \(Self.token)", "Bearer \(Self.token)"])
+        // Twin: no token, no header.
+        StubProtocol.state.play([StubAnswer(status: 200, body: Self.decoded)])
+        _ = try await client(token: "  ").decode(Data([1]))
+        XCTAssertNil(StubProtocol.state.lastRequest?.value(forHTTPHeaderField: "Authorization"))
+    }
+
+    func testRefusesATokenThatCannotBeAHeaderWithoutRepeatingIt() async throws {
+        for bad in ["two words", "tab\there", "caf\u{e9}"] {
+            do {
+                _ = try await client(token: bad).decode(Data([1]))
+                XCTFail("token \(bad) was accepted")
+            } catch {
+                XCTAssertEqual(error as? DecoderClientError, .invalidToken)
+                XCTAssertFalse(error.localizedDescription.contains(bad))
+            }
+        }
+    }
+
+    func testTalksToAnHTTPSServerAndRefusesOtherSchemes() async throws {
+        StubProtocol.state.play([StubAnswer(status: 200, body: Self.decoded)])
+        _ = try await client("https://dtconvert.test:8443", token: Self.token).decode(Data([1]))
+        let request = try XCTUnwrap(StubProtocol.state.lastRequest)
+        XCTAssertEqual(request.url?.scheme, "https")
+        XCTAssertEqual(request.url?.path(), "/v1/decode")
+        XCTAssertEqual(request.value(forHTTPHeaderField: "Authorization"), "Bearer \(Self.token)")
+        // Twin: a scheme that is not HTTP(S) never leaves the client.
+        StubProtocol.state.play([StubAnswer(status: 200, body: Self.decoded)])
+        do {
+            _ = try await client("ftp://dtconvert.test").health()
+            XCTFail("an ftp URL was used")
+        } catch {
+            XCTAssertEqual(error as? DecoderClientError, .unsupportedURL("ftp://dtconvert.test"))
+        }
+        XCTAssertEqual(StubProtocol.state.requests.count, 0)
     }
 }

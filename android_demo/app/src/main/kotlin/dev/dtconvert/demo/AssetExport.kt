@@ -11,14 +11,15 @@ import java.io.IOException
 
 /**
  * The export that the `copyExport` Gradle task put into `assets/<BuildConfig.EXPORT_ASSET_DIR>/`.
- * Every path comes from the manifest; this class only knows the folder.
+ * Every path comes from the manifest, which core has already confined to the export (no `..`, not
+ * absolute); assets hold no symlinks, and copyExport refused any that led out of the export.
  */
 class AssetExportFiles(private val assets: AssetManager, private val folder: String = BuildConfig.EXPORT_ASSET_DIR) : ExportFiles {
-    override fun read(relativePath: String): ByteArray =
+    override fun read(relativePath: String, manifestKey: String): ByteArray =
         try {
             assets.open("$folder/$relativePath").use { it.readBytes() }
         } catch (e: FileNotFoundException) {
-            throw FileNotFoundException("assets/$folder/$relativePath is missing: rebuild the app with -PdtExportDir=<your export directory>")
+            throw FileNotFoundException("$manifestKey \"$relativePath\" is missing from assets/$folder: rebuild the app with -PdtExportDir=<your export directory>")
         }
 }
 

@@ -30,7 +30,10 @@ import androidx.compose.material3.Scaffold
 import androidx.compose.material3.Text
 import androidx.compose.material3.TopAppBar
 import androidx.compose.runtime.Composable
+import androidx.compose.runtime.getValue
+import androidx.compose.runtime.mutableStateOf
 import androidx.compose.runtime.remember
+import androidx.compose.runtime.setValue
 import androidx.compose.ui.Alignment
 import androidx.compose.ui.Modifier
 import androidx.compose.ui.graphics.FilterQuality
@@ -39,6 +42,7 @@ import androidx.compose.ui.layout.ContentScale
 import androidx.compose.ui.res.stringResource
 import androidx.compose.ui.text.font.FontWeight
 import androidx.compose.ui.text.input.KeyboardType
+import androidx.compose.ui.text.input.PasswordVisualTransformation
 import androidx.compose.ui.unit.dp
 import dev.dtconvert.demo.core.Manifest
 import dev.dtconvert.demo.core.ManifestValues
@@ -55,6 +59,7 @@ fun DemoScreen(
     onSelect: (InputImage) -> Unit,
     onRuntime: (String) -> Unit,
     onServerUrl: (String) -> Unit,
+    onServerToken: (String) -> Unit,
     onTopK: (Int?) -> Unit,
     onRun: () -> Unit,
 ) {
@@ -66,7 +71,7 @@ fun DemoScreen(
         ) {
             state.loadError?.let { item { ErrorText(it) } }
             state.manifest?.let { manifest -> item { ModelCard(manifest) } }
-            item { SettingsCard(state, onRuntime, onServerUrl, onTopK) }
+            item { SettingsCard(state, onRuntime, onServerUrl, onServerToken, onTopK) }
             item { ImageCard(state, onPick, onCapture, onSelect) }
             item {
                 Button(onClick = onRun, enabled = !state.busy && state.selected != null && state.runtime != null, modifier = Modifier.fillMaxWidth()) {
@@ -107,7 +112,13 @@ private fun runtimeName(target: String): String = when (target) {
 }
 
 @Composable
-private fun SettingsCard(state: DemoState, onRuntime: (String) -> Unit, onServerUrl: (String) -> Unit, onTopK: (Int?) -> Unit) {
+private fun SettingsCard(
+    state: DemoState,
+    onRuntime: (String) -> Unit,
+    onServerUrl: (String) -> Unit,
+    onServerToken: (String) -> Unit,
+    onTopK: (Int?) -> Unit,
+) {
     Card(modifier = Modifier.fillMaxWidth()) {
         Column(modifier = Modifier.padding(16.dp), verticalArrangement = Arrangement.spacedBy(8.dp)) {
             Text(stringResource(R.string.runtime), style = MaterialTheme.typography.labelLarge)
@@ -124,6 +135,7 @@ private fun SettingsCard(state: DemoState, onRuntime: (String) -> Unit, onServer
                 keyboardOptions = KeyboardOptions(keyboardType = KeyboardType.Uri),
                 modifier = Modifier.fillMaxWidth(),
             )
+            ServerTokenField(state.serverTokenSet, onServerToken)
             Text(stringResource(R.string.top_k), style = MaterialTheme.typography.labelLarge)
             val largestTask = state.manifest?.tasks?.maxOf { it.labels.size } ?: 1
             val choices = listOf<Int?>(null) + (1..minOf(MAX_TOP_K_CHOICE, largestTask)).toList()
@@ -137,6 +149,37 @@ private fun SettingsCard(state: DemoState, onRuntime: (String) -> Unit, onServer
                 }
             }
         }
+    }
+}
+
+/**
+ * The bearer token for a server started with `--token-file`. Write-only: the saved token is never
+ * shown or put back into the field; typing replaces it, Clear removes it.
+ */
+@Composable
+private fun ServerTokenField(tokenSet: Boolean, onServerToken: (String) -> Unit) {
+    var draft by remember { mutableStateOf("") }
+    Column(verticalArrangement = Arrangement.spacedBy(4.dp)) {
+        OutlinedTextField(
+            value = draft,
+            onValueChange = {
+                draft = it
+                onServerToken(it)
+            },
+            label = { Text(stringResource(R.string.server_token)) },
+            placeholder = { Text(stringResource(if (tokenSet) R.string.server_token_saved else R.string.server_token_none)) },
+            singleLine = true,
+            visualTransformation = PasswordVisualTransformation(),
+            keyboardOptions = KeyboardOptions(keyboardType = KeyboardType.Password),
+            modifier = Modifier.fillMaxWidth(),
+        )
+        OutlinedButton(
+            onClick = {
+                draft = ""
+                onServerToken("")
+            },
+            enabled = tokenSet || draft.isNotEmpty(),
+        ) { Text(stringResource(R.string.server_token_clear)) }
     }
 }
 

@@ -28,6 +28,7 @@ import kotlinx.coroutines.sync.Mutex
 import kotlinx.coroutines.sync.withLock
 import kotlinx.coroutines.withContext
 import java.io.IOException
+import javax.net.ssl.SSLException
 
 /** An image the user can run: one of the held-out digits the export bundles, or a photo. */
 sealed interface InputImage {
@@ -60,6 +61,8 @@ data class DemoState(
     val runtimes: List<String> = emptyList(),
     val runtime: String? = null,
     val serverUrl: String = "",
+    /** Whether a server token is saved; the token itself never enters the UI state. */
+    val serverTokenSet: Boolean = false,
     val topK: Int? = null,
     val busy: Boolean = false,
     val result: RunResult? = null,
@@ -73,11 +76,18 @@ class DemoViewModel(application: Application) : AndroidViewModel(application) {
 
     private var export: Export? = null
     private val encoderLock = Mutex()
+    // The token field saves on every keystroke; a fair lock keeps the writes in typing order.
+    private val tokenLock = Mutex()
     private var encoder: DeviceEncoder? = null
     private var encoderTarget: String? = null
 
     init {
         viewModelScope.launch { load() }
+        viewModelScope.launch {
+            // The Keystore can be slow on first use: read the token off the main thread.
+            val saved = withContext(Dispatchers.IO) { settings.serverToken != null }
+            _state.update { it.copy(serverTokenSet = saved) }
+        }
     }
 
     private suspend fun load() {
@@ -136,6 +146,20 @@ class DemoViewModel(application: Application) : AndroidViewModel(application) {
         _state.update { it.copy(serverUrl = url) }
     }
 
+    /** Save the server token (blank removes it); only whether one is set reaches the UI state. */
+    fun setServerToken(token: String) {
+        viewModelScope.launch {
+            try {
+                tokenLock.withLock { withContext(Dispatchers.IO) { settings.serverToken = token } }
+                _state.update { it.copy(serverTokenSet = token.isNotBlank()) }
+            } catch (e: CancellationException) {
+                throw e
+            } catch (e: Exception) {
+                _state.update { it.copy(error = "cannot save the server token: ${e.javaClass.simpleName}") }
+            }
+        }
+    }
+
     fun setTopK(k: Int?) {
         settings.topK = k
         _state.update { it.copy(topK = k) }
@@ -152,8 +176,11 @@ class DemoViewModel(application: Application) : AndroidViewModel(application) {
         if (current.busy) return
         _state.update { it.copy(busy = true, error = null) }
         viewModelScope.launch {
+            // Only an IOException while talking to the server means it cannot be reached.
+            var sending = false
             try {
-                val client = DecodeClient(current.serverUrl)
+                val token = withContext(Dispatchers.IO) { settings.serverToken }
+                val client = DecodeClient(current.serverUrl, token = token)
                 if (client.isCleartext && !NetworkSecurityPolicy.getInstance().isCleartextTrafficPermitted(client.host)) {
                     throw IllegalStateException(
                         "this build allows plain HTTP only to the -PdtServerUrl host; rebuild with -PdtServerUrl=${client.baseUrl} or serve over HTTPS",
@@ -179,6 +206,7 @@ class DemoViewModel(application: Application) : AndroidViewModel(application) {
                 }
                 val wireEncoder = WireEncoder(manifest)
                 val message = WireFormat.encode(wireEncoder.messageOf(listOf(wireEncoder.quantize(wireTensor))))
+                sending = true
                 val answer = withContext(Dispatchers.IO) { client.decode(message, current.topK) }
                 val result = RunResult(
                     runtime = target,
@@ -195,7 +223,7 @@ class DemoViewModel(application: Application) : AndroidViewModel(application) {
             } catch (e: CancellationException) {
                 throw e
             } catch (e: Exception) {
-                _state.update { it.copy(busy = false, error = describe(e, current.serverUrl)) }
+                _state.update { it.copy(busy = false, error = describe(e, current.serverUrl, sending)) }
             }
         }
     }
@@ -206,17 +234,24 @@ class DemoViewModel(application: Application) : AndroidViewModel(application) {
         encoder?.close()
         encoder = null
         val artifact = loaded.manifest.deviceArtifact(target)
-        val opened = openEncoder(target, artifactFile(getApplication(), loaded, artifact), artifact)
-        opened.encode(FloatArray(inputSize))
+        val opened = openWarmEncoder(target, artifactFile(getApplication(), loaded, artifact), artifact, inputSize)
         encoder = opened
         encoderTarget = target
         return opened
     }
 
-    private fun describe(e: Exception, url: String): String = when (e) {
-        is ServerException -> "the server answered ${e.status}: ${e.message}"
-        is IOException -> "cannot reach $url: ${e.message ?: e.javaClass.simpleName}"
+    private fun describe(e: Exception, url: String, sending: Boolean): String = when {
+        e is ServerException && e.status == HTTP_UNAUTHORIZED ->
+            "the server answered 401: ${e.message} (enter the token it was started with under Server token)"
+        e is ServerException && e.retries > 0 -> "the server answered ${e.status} after ${e.retries} retries: ${e.message}"
+        e is ServerException -> "the server answered ${e.status}: ${e.message}"
+        e is SSLException && sending -> "cannot reach $url securely: ${e.message ?: e.javaClass.simpleName}"
+        e is IOException && sending -> "cannot reach $url: ${e.message ?: e.javaClass.simpleName}"
         else -> e.message ?: e.toString()
+    }
+
+    private companion object {
+        const val HTTP_UNAUTHORIZED = 401
     }
 
     override fun onCleared() {

@@ -9,6 +9,7 @@ import org.pytorch.executorch.EValue
 import org.pytorch.executorch.Module
 import org.pytorch.executorch.Tensor
 import java.io.File
+import java.io.IOException
 
 /**
  * The device half of the split model: the preprocessed image (flat, NCHW) in, the float wire
@@ -52,9 +53,34 @@ class LiteRtEncoder(file: File) : DeviceEncoder {
     }
 }
 
+/** An artifact whose sha256 matched the manifest but which its runtime cannot load or run. */
+class UnloadableArtifactException(message: String, cause: Throwable) : IOException(message, cause)
+
 /** Open the encoder for a manifest target (`executorch` or `tflite`). */
 fun openEncoder(target: String, file: File, artifact: Artifact): DeviceEncoder = when (target) {
     ManifestValues.TARGET_EXECUTORCH -> ExecuTorchEncoder(file, artifact)
     ManifestValues.TARGET_TFLITE -> LiteRtEncoder(file)
     else -> throw IllegalArgumentException("no Android runtime for target $target")
+}
+
+/**
+ * Open the encoder and run it once on zeros of [inputSize] values (the first run is the slow one,
+ * and a file a runtime opens lazily fails here rather than on the user's image). A file the
+ * runtime cannot load becomes one sentence naming the manifest field, not a runtime stack trace.
+ * A runtime that crashes natively on a malformed file cannot be caught from Kotlin.
+ */
+fun openWarmEncoder(target: String, file: File, artifact: Artifact, inputSize: Int): DeviceEncoder {
+    var opened: DeviceEncoder? = null
+    try {
+        opened = openEncoder(target, file, artifact)
+        opened.encode(FloatArray(inputSize))
+        return opened
+    } catch (e: Exception) {
+        opened?.close()
+        val reason = e.message?.lineSequence()?.firstOrNull()?.takeIf { it.isNotBlank() } ?: e.javaClass.simpleName
+        throw UnloadableArtifactException(
+            "${artifact.pathKey} \"${artifact.path}\": the $target runtime cannot load it though its sha256 matches ($reason); re-export",
+            e,
+        )
+    }
 }

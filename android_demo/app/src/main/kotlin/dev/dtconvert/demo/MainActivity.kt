@@ -41,6 +41,7 @@ class MainActivity : ComponentActivity() {
                     onSelect = viewModel::select,
                     onRuntime = viewModel::setRuntime,
                     onServerUrl = viewModel::setServerUrl,
+                    onServerToken = viewModel::setServerToken,
                     onTopK = viewModel::setTopK,
                     onRun = viewModel::encodeAndSend,
                 )

@@ -34,6 +34,7 @@ data class WireSpec(val name: String, val shape: List<Int>, val scale: Float, va
 
 data class TaskSpec(val name: String, val labels: List<String>)
 
+/** [pathKey] is the manifest field [path] came from (`artifacts[2].path`), for error messages. */
 data class Artifact(
     val path: String,
     val kind: String,
@@ -44,9 +45,14 @@ data class Artifact(
     val sha256: String,
     val inputs: List<TensorSpec>,
     val outputs: List<TensorSpec>,
+    val pathKey: String,
 )
 
-data class Golden(val path: String, val count: Int, val files: Map<String, String>)
+/** The golden folder: [files] maps each file name to its sha256. */
+data class Golden(val path: String, val count: Int, val files: Map<String, String>) {
+    /** The manifest field that names the golden file [name], for error messages. */
+    fun key(name: String): String = "${K.GOLDEN_FILES}.$name"
+}
 
 /** What `dtconvert export` wrote: the only source of file names, shapes and numbers in the app. */
 data class Manifest(
@@ -136,6 +142,24 @@ data class Manifest(
         }
 
         private val HEX16 = Regex("^[0-9a-f]{16}$")
+        private val HEX64 = Regex("^[0-9a-f]{64}$")
+
+        /**
+         * A path the manifest names, confined to the export ([ExportPaths]): a manifest that points
+         * outside its export is refused whole, whichever file the app would have read.
+         */
+        private fun exportPath(field: JsonField): String {
+            val path = field.string()
+            ExportPaths.problem(path)?.let { throw ManifestException(ExportPaths.message(field.where, path, it)) }
+            return path
+        }
+
+        /** A sha256 as the manifest writes it; the app also names folders after it, so nothing else passes. */
+        private fun sha256(field: JsonField): String {
+            val digest = field.string()
+            if (!HEX64.matches(digest)) field.fail("must be 64 lowercase hex digits, got \"${digest.take(80)}\"")
+            return digest
+        }
 
         private fun shape(field: JsonField): List<Int> {
             val dims = field.ints().toList()
@@ -223,24 +247,29 @@ data class Manifest(
                 item.optionalAt(key)?.items()?.map { t ->
                     TensorSpec(t.at(nameKey).string(), shape(t.at(shapeKey)), t.at(dtypeKey).string())
                 } ?: emptyList()
+            val pathField = item.at(K.ARTIFACT_PATH)
             return Artifact(
-                path = item.at(K.ARTIFACT_PATH).string(),
+                path = exportPath(pathField),
                 kind = item.at(K.ARTIFACT_KIND).string(),
                 part = item.at(K.ARTIFACT_PART).string(),
                 target = item.at(K.ARTIFACT_TARGET).string(),
                 precision = item.at(K.ARTIFACT_PRECISION).string(),
                 bytes = item.at(K.ARTIFACT_BYTES).long(),
-                sha256 = item.at(K.ARTIFACT_SHA256).string(),
+                sha256 = sha256(item.at(K.ARTIFACT_SHA256)),
                 inputs = tensors(K.ARTIFACT_INPUTS, K.ARTIFACT_INPUT_NAME, K.ARTIFACT_INPUT_SHAPE, K.ARTIFACT_INPUT_DTYPE),
                 outputs = tensors(K.ARTIFACT_OUTPUTS, K.ARTIFACT_OUTPUT_NAME, K.ARTIFACT_OUTPUT_SHAPE, K.ARTIFACT_OUTPUT_DTYPE),
+                pathKey = pathField.where,
             )
         }
 
         private fun golden(root: JsonField): Golden =
             Golden(
-                path = root.at(K.GOLDEN_PATH).string(),
+                path = exportPath(root.at(K.GOLDEN_PATH)),
                 count = root.at(K.GOLDEN_COUNT).int(),
-                files = root.at(K.GOLDEN_FILES).entries().associate { (name, digest) -> name to digest.string() },
+                files = root.at(K.GOLDEN_FILES).entries().associate { (name, digest) ->
+                    ExportPaths.problem(name)?.let { throw ManifestException(ExportPaths.message(digest.where, name, it)) }
+                    name to sha256(digest)
+                },
             )
     }
 }

@@ -1,7 +1,10 @@
 package dev.dtconvert.demo.core
 
 import com.sun.net.httpserver.HttpServer
+import com.sun.net.httpserver.HttpsConfigurator
+import com.sun.net.httpserver.HttpsServer
 import java.net.InetSocketAddress
+import javax.net.ssl.SSLContext
 
 /** A small manifest with the fields the app reads, in the shape `dtconvert export` writes. */
 val SAMPLE_MANIFEST = """
@@ -28,7 +31,7 @@ val SAMPLE_MANIFEST = """
 }
 """
 
-private fun broken(from: String, to: String): String {
+fun broken(from: String, to: String): String {
     expect(from in SAMPLE_MANIFEST) { "test bug: \"$from\" is not in the sample manifest" }
     return SAMPLE_MANIFEST.replace(from, to)
 }
@@ -79,10 +82,12 @@ val manifestTests = listOf(
         assertThrows<ManifestException>("no task named mod3") { m.taskMask(listOf("mod3")) }
     },
     test("export refuses an artifact whose bytes differ from the manifest") {
-        val files = ExportFiles { path -> if (path == Manifest.FILE_NAME) SAMPLE_MANIFEST.toByteArray() else ByteArray(10) }
+        val files = ExportFiles { path, _ -> if (path == Manifest.FILE_NAME) SAMPLE_MANIFEST.toByteArray() else ByteArray(10) }
         val export = Export.open(files)
         val artifact = export.manifest.deviceArtifact(ManifestValues.TARGET_EXECUTORCH)
-        assertThrows<java.io.IOException>("tiny_encoder_executorch_int8.pte: 10 bytes with sha256 01d448afd928065458cf670b60f5a594d735af0172c8d67f22a81680132681ca") {
+        assertThrows<java.io.IOException>(
+            "artifacts[0].path \"tiny_encoder_executorch_int8.pte\": 10 bytes with sha256 01d448afd928065458cf670b60f5a594d735af0172c8d67f22a81680132681ca",
+        ) {
             export.artifactBytes(artifact)
         }
         assertEquals(emptyList<GreyImage>(), export.heldoutImages(), "no golden section, no bundled images")
@@ -101,24 +106,49 @@ val manifestTests = listOf(
     },
 )
 
-/** A throwaway HTTP server on loopback answering every request with [status] and [body]. */
-private fun <T> withStubServer(status: Int, body: String, seen: MutableList<String>, block: (String) -> T): T {
-    val server = HttpServer.create(InetSocketAddress("127.0.0.1", 0), 0)
+/** One canned answer of the stub server. */
+class StubAnswer(val status: Int, val body: String, val headers: Map<String, String> = emptyMap())
+
+/**
+ * A throwaway HTTP server on loopback (HTTPS when [tls] is given) answering the n-th request with
+ * `answers[n]` (the last one again once they run out). Each request is recorded in [seen] as
+ * `METHOD URI CONTENT-TYPE BYTES`, and its Authorization header in [authorizations].
+ */
+fun <T> withScriptedServer(
+    answers: List<StubAnswer>,
+    seen: MutableList<String>,
+    authorizations: MutableList<String?> = mutableListOf(),
+    tls: SSLContext? = null,
+    block: (String) -> T,
+): T {
+    val address = InetSocketAddress("127.0.0.1", 0)
+    val server = if (tls == null) HttpServer.create(address, 0) else HttpsServer.create(address, 0).apply { httpsConfigurator = HttpsConfigurator(tls) }
+    var requests = 0
     server.createContext("/") { exchange ->
         val request = exchange.requestBody.readBytes()
-        seen += "${exchange.requestMethod} ${exchange.requestURI} ${exchange.requestHeaders.getFirst("Content-Type")} ${request.size}"
-        val bytes = body.toByteArray()
+        val answer = synchronized(seen) {
+            seen += "${exchange.requestMethod} ${exchange.requestURI} ${exchange.requestHeaders.getFirst("Content-Type")} ${request.size}"
+            authorizations += exchange.requestHeaders.getFirst(ServerApi.AUTHORIZATION)
+            answers[minOf(++requests, answers.size) - 1]
+        }
+        val bytes = answer.body.toByteArray()
         exchange.responseHeaders.add("Content-Type", "application/json")
-        exchange.sendResponseHeaders(status, bytes.size.toLong())
+        for ((name, value) in answer.headers) exchange.responseHeaders.add(name, value)
+        exchange.sendResponseHeaders(answer.status, bytes.size.toLong())
         exchange.responseBody.use { it.write(bytes) }
     }
     server.start()
     try {
-        return block("http://127.0.0.1:${server.address.port}/")
+        val scheme = if (tls == null) "http" else "https"
+        return block("$scheme://127.0.0.1:${server.address.port}/")
     } finally {
         server.stop(0)
     }
 }
+
+/** A throwaway HTTP server on loopback answering every request with [status] and [body]. */
+private fun <T> withStubServer(status: Int, body: String, seen: MutableList<String>, block: (String) -> T): T =
+    withScriptedServer(listOf(StubAnswer(status, body)), seen, block = block)
 
 val clientTests = listOf(
     test("client posts the message and parses predictions and timing") {

@@ -20,7 +20,8 @@ class TestCase(val name: String, val body: () -> Unit)
 fun test(name: String, body: () -> Unit) = TestCase(name, body)
 
 val SUITES: Map<String, List<TestCase>> = mapOf(
-    "unit" to jsonTests + wireFormatTests + quantizeTests + rankingTests + npyTests + preprocessTests + manifestTests + clientTests,
+    "unit" to jsonTests + wireFormatTests + quantizeTests + rankingTests + npyTests + preprocessTests + manifestTests + clientTests +
+        confinementTests + clientHardeningTests,
     "export" to exportTests,
     "roundtrip" to roundTripTests,
 )
