@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dtconvert.errors import UserError
+from dtconvert.errors import UserError, unloadable
 
 BENCH_FORMAT = "dtconvert-bench"
 BENCH_VERSION = 1
@@ -180,7 +180,10 @@ def build_call(spec: dict, threads: int, inputs: np.ndarray) -> Callable[[], np.
     if kind == "executorch":
         from executorch.runtime import Runtime
 
-        method = Runtime.get().load_program(spec["path"]).load_method("forward")
+        from dtconvert.output import quiet_native
+
+        with quiet_native():  # the runtime logs its CPU probing to stderr on first use
+            method = Runtime.get().load_program(spec["path"]).load_method("forward")
         tensors = [torch.from_numpy(x[i : i + 1].copy()) for i in range(batch)] if loop else [torch.from_numpy(x.copy())]
 
         def run_et() -> np.ndarray:
@@ -414,7 +417,10 @@ def run_bench(export_dirs: list[Path], threads: list[int], batches: list[int], r
         if references:
             from dtconvert.targets.torchscript import load_decoder
 
-            reference_encoder = load_decoder(first_dir / references[0]["path"])
+            try:
+                reference_encoder = load_decoder(first_dir / references[0]["path"])
+            except Exception as e:
+                raise unloadable(first_dir / references[0]["path"], "TorchScript", e) from None
         decoder_entry = next((e for e in first["artifacts"] if e["target"] == "torchscript"), None)
         scale, zero_point = first["wire"]["scale"], first["wire"]["zero_point"]
         for b in batches:
@@ -565,7 +571,12 @@ def _plan(exports, ckpt, ckpt_path, batches, work: Path, notes: list[str], log) 
                                "note": f"not timed: Core ML predicts only on macOS (this host: {platform.system()}); size and MIL op counts from the manifest"})
                 continue
             label = f"{RUNTIME_LABELS[entry['target']]} {entry['precision']}"
-            shipped = measure_delegation(path, entry["target"])
+            try:
+                shipped = measure_delegation(path, entry["target"])
+                build_call({"kind": "executorch" if entry["target"] == "executorch" else "litert", "path": str(path), "batch": 1,
+                            "loop": False, "extra": {}}, 1, images)()
+            except Exception as e:  # bytes that match the manifest but the runtime cannot read
+                raise unloadable(path, RUNTIME_LABELS[entry["target"]], e) from None
             structure = _structure_note(entry["target"], shipped)
             for b in batches:
                 plan = Plan(label, "device", "executorch" if entry["target"] == "executorch" else "litert", entry["precision"], b,

@@ -107,11 +107,11 @@ def train(
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: --out exists and is not a directory")
 
-    from rich.console import Console
+    from dtconvert.output import console as make_console
 
     from dtconvert.train import train as run_training
 
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     ckpt = run_training(r, out, init=init, tune=tune, console=console, show_progress=not quiet)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
         _print_metrics(ckpt, title=f"{r.name}: held-out metrics")
@@ -119,7 +119,7 @@ def train(
 
 
 def _print_metrics(ckpt: dict, title: str) -> None:
-    from rich.console import Console
+    from dtconvert.output import console as make_console
     from rich.table import Table
 
     table = Table(title=title)
@@ -135,7 +135,7 @@ def _print_metrics(ckpt: dict, title: str) -> None:
             f"{metrics.get('gradnorm_weights', {}).get(name, float('nan')):.3f}",
             f"{metrics.get('train_loss', {}).get(name, float('nan')):.4f}",
         )
-    Console().print(table)
+    make_console().print(table)
     seconds = metrics.get("train_seconds")
     if seconds is not None:
         typer.echo(f"training took {seconds:.1f} s for {metrics.get('epochs')} epoch(s)")
@@ -157,7 +157,7 @@ def info(
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
-    from rich.console import Console
+    from dtconvert.output import console as make_console
     from rich.table import Table
 
     table = Table(title=f"{report['kind']}: {report['source']}", show_header=False)
@@ -169,7 +169,7 @@ def info(
     table.add_row("wire tensor", f"{report['wire']['shape']} → {report['wire']['int8_bytes_per_image']} bytes per image as int8")
     if "metrics" in report:
         table.add_row("held-out", ", ".join(f"{k} {v:.2%}" for k, v in report["metrics"]["heldout"].items()))
-    Console().print(table)
+    make_console().print(table)
 
 
 @app.command()
@@ -222,25 +222,26 @@ def verify_command(
 
     Example: dtconvert verify export/ckpt --json verify.json --junit verify.xml
     """
-    from rich.console import Console
+    from dtconvert.output import console as make_console
 
     from dtconvert.verify import verify_export, write_reports
 
     if data is not None and digits:
         raise UserError("--data and --digits are alternatives; pass one")
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     report = verify_export(export_dir, data=data, digits=digits, tolerance_file=tolerance, limit=limit,
                            log=lambda line: console.print(line, highlight=False))
     write_reports(report, json_report, junit)
     _print_verify_table(report)
+    _report_to_github(report)
     if not report.passed:
         failed = [c for c in report.checks if not c.passed]
         _fail(f"{len(failed)} of {len(report.checks)} checks failed; first: {failed[0].artifact} {failed[0].runtime} {failed[0].check}: {failed[0].detail}", code=1)
     typer.echo(f"all {len(report.checks)} checks passed on {report.samples} images ({report.data})")
 
 
-def _print_verify_table(report) -> None:
-    from rich.console import Console
+def verify_table(report):
+    """verify's table: one row per check."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -249,7 +250,32 @@ def _print_verify_table(report) -> None:
         table.add_column(column)
     for c in report.checks:
         table.add_row(escape(c.artifact), escape(c.runtime), escape(c.check), "[green]pass[/]" if c.passed else "[red]FAIL[/]", escape(c.detail))
-    Console().print(table)
+    return table
+
+
+def _print_verify_table(report) -> None:
+    from dtconvert.output import console as make_console
+
+    make_console().print(verify_table(report))
+
+
+def _report_to_github(report) -> None:
+    """Under GitHub Actions: one ::error annotation per failed check, and a Markdown table of every
+    check appended to $GITHUB_STEP_SUMMARY (when the runner set it)."""
+    from dtconvert import output
+
+    if not output.on_github_actions():
+        return
+    manifest = str(Path(report.export_dir) / "manifest.json")
+    for line in output.github_annotations(report.checks, manifest):
+        typer.echo(line)
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        try:
+            with open(summary, "a", encoding="utf-8") as f:
+                f.write(output.github_summary(report.checks, report.export_dir, report.samples, report.data))
+        except OSError as e:
+            typer.echo(f"warning: could not append to GITHUB_STEP_SUMMARY {summary}: {e.strerror}", err=True)
 
 
 @app.command()
@@ -261,16 +287,29 @@ def serve(
     port: int = typer.Option(8080, "--port", min=0, max=65535, help="TCP port (0: pick a free one and print it)."),
     max_batch: int = typer.Option(32, "--max-batch", min=1, help="Most images decoded together (1 turns micro-batching off)."),
     max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0.0, help="Longest wait for more requests after the first of a batch."),
+    max_queue: Optional[int] = typer.Option(None, "--max-queue", min=1, help="Most images waiting for the decoder; beyond it a request "
+                                            "gets 503 with Retry-After at once (default: 2 × max-batch)."),
+    max_connections: int = typer.Option(1000, "--max-connections", min=1, help="Most open connections; beyond it 503 with Retry-After."),
     max_body: Optional[int] = typer.Option(None, "--max-body-bytes", min=64, help="Largest accepted request body (default: header + max(4, max-batch) images)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Decoder threads (default: one per core but one, left to the HTTP event loop)."),
+    tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="PEM certificate (chain): serve HTTPS. With --tls-key."),
+    tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert."),
+    token_file: Optional[Path] = typer.Option(None, "--token-file", help="File holding a bearer token required on /v1/* (/healthz and /metrics stay open)."),
+    client_timeout: float = typer.Option(10.0, "--client-timeout", min=0.1, help="Seconds a client has to send a request's head, "
+                                         "and its body; slower connections are closed (head) or answered 408 (body)."),
 ) -> None:
-    """Serve the cloud decoder over HTTP: POST /v1/decode, GET /healthz, /v1/model(s), /metrics.
+    """Serve the cloud decoder over HTTP(S): POST /v1/decode, GET /healthz, /v1/model(s), /metrics, /openapi.json.
 
     Example: dtconvert serve export/digits export/digits-tune --port 8080
     """
+    from dtconvert.server import ServeOptions, read_token
     from dtconvert.server import serve as run_server
 
-    run_server(export_dirs, host, port, max_batch, max_wait_ms, max_body, threads, announce=lambda line: typer.echo(line))
+    options = ServeOptions(max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_bytes=max_body, max_queue=max_queue,
+                           max_connections=max_connections, tls_cert=tls_cert, tls_key=tls_key,
+                           header_timeout=client_timeout, body_timeout=client_timeout,
+                           token=read_token(token_file) if token_file is not None else None)
+    run_server(export_dirs, host, port, options, threads, announce=lambda line: typer.echo(line))
 
 
 @app.command()
@@ -303,8 +342,11 @@ def client(
     digits: Optional[int] = typer.Option(None, "--digits", min=1, help="Use the first N held-out digits (models trained on digits); accuracy per task."),
     top_k: int = typer.Option(3, "--top-k", min=1, help="Labels per task to ask for."),
     json_report: Optional[Path] = typer.Option(None, "--json", help="Write every prediction and timing to this JSON file."),
+    token_file: Optional[Path] = typer.Option(None, "--token-file", help="File holding the server's bearer token (servers started with --token-file)."),
+    ca_file: Optional[Path] = typer.Option(None, "--ca-file", help="PEM certificate authority to trust for an https URL (default: the system's)."),
 ) -> None:
     """The reference device client: encode on-device, send the int8 wire, print the cloud's predictions.
+    A 503 (server at capacity) is retried after its Retry-After, at most 3 times.
 
     Example: dtconvert client export/digits --target tflite --digits 50
     """
@@ -313,17 +355,22 @@ def client(
     if images is not None and not images.is_dir():
         raise UserError(f"--images {images}: not a directory")
 
-    from rich.console import Console
+    from dtconvert.output import console as make_console
 
     from dtconvert.client import ServerError, client_images, run_client
     from dtconvert.manifest import load_manifest
 
-    console = Console(stderr=True)
+    from dtconvert.server import read_token
+
+    console = make_console(stderr=True)
+    token = read_token(token_file) if token_file is not None else None
+    if ca_file is not None and not ca_file.is_file():
+        raise UserError(f"--ca-file {ca_file}: no such file")
     manifest = load_manifest(export_dir)
     pictures, labels, names = client_images(export_dir, manifest, images, digits)
     console.print(f"{len(pictures)} images → {target} encoder → {url}/v1/decode", highlight=False)
     try:
-        report = run_client(export_dir, target, url, pictures, labels, names, top_k=top_k)
+        report = run_client(export_dir, target, url, pictures, labels, names, top_k=top_k, token=token, cafile=ca_file)
     except ServerError as e:
         _fail(str(e), code=1)
     _print_client_report(report, manifest)
@@ -334,11 +381,11 @@ def client(
 
 
 def _print_client_report(report, manifest: dict) -> None:
-    from rich.console import Console
+    from dtconvert.output import console as make_console
     from rich.table import Table
 
     tasks = [t["name"] for t in manifest["tasks"]]
-    console = Console()
+    console = make_console()
     if len(report.images) <= 20:
         table = Table(title=f"{report.runtime} → {report.url}")
         for column in ("image", *tasks, "payload B", "device ms", "round trip ms"):
@@ -355,7 +402,7 @@ def _print_client_report(report, manifest: dict) -> None:
 
 
 def _print_export_summary(export_dir: Path, manifest: dict) -> None:
-    from rich.console import Console
+    from dtconvert.output import console as make_console
     from rich.table import Table
 
     table = Table(title=f"{export_dir}/manifest.json")
@@ -363,7 +410,7 @@ def _print_export_summary(export_dir: Path, manifest: dict) -> None:
         table.add_column(column, justify="right" if column == "bytes" else "left")
     for a in manifest["artifacts"]:
         table.add_row(a["path"], a["part"], a["target"], a["precision"], f"{a['bytes']:,}")
-    console = Console()
+    console = make_console()
     console.print(table)
     wire, comm = manifest["wire"], manifest["communication"]
     line = (f"wire tensor {wire['shape']} int8 (scale {wire['scale']:.5g}, zero point {wire['zero_point']}): "
@@ -386,11 +433,11 @@ def demo(
 
     Example: dtconvert demo
     """
-    from rich.console import Console
+    from dtconvert.output import console as make_console
 
     from dtconvert.recipe import load_recipe
 
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     base_path, tuned_path = out / "digits" / "ckpt.pt", out / "digits-tune" / "ckpt.pt"
     base = _demo_checkpoint(console, load_recipe(bundled_recipe_dir() / "digits.yaml"), base_path, None, retrain, quiet,
                             "1. train digits (GradNorm over digit and odd)")
@@ -463,7 +510,7 @@ def _demo_export(console, ckpt_path: Path, out: Path) -> tuple[Path, dict]:
 
 def _print_demo_table(manifests: list[dict], reports: list) -> None:
     """One row per variant and path from pixels to predictions: accuracy per task, bytes sent, latency."""
-    from rich.console import Console
+    from dtconvert.output import console as make_console
     from rich.table import Table
 
     from dtconvert.wire import header_size
@@ -494,7 +541,7 @@ def _print_demo_table(manifests: list[dict], reports: list) -> None:
                                   str(message), "-", "-")
         if fp32 is not None:
             table.add_row(name, "fp32, unsplit", *cells(fp32), "-", "-", "-")
-    Console().print(table)
+    make_console().print(table)
     typer.echo("device ms and round trip ms are medians (p50 / p95 for the round trip); bytes sent = wire header + int8 tensor;\n"
                "— : a task the variant does not have. Both variants' rows came from one server process holding one trunk.\n"
                "* Core ML predicts only on Apple hardware: here its MIL program ran in dtconvert's reference interpreter, in-process (dtconvert verify).")
@@ -525,11 +572,11 @@ def bench(
     for export_dir in export_dirs:
         if not (export_dir / "manifest.json").is_file():
             raise UserError(f"{export_dir}: not an export directory (no manifest.json)")
-    from rich.console import Console
+    from dtconvert.output import console as make_console
 
     from dtconvert.bench import how_lines, plot_report, rich_table, run_bench, validate_report, write_json
 
-    console = Console(file=os.fdopen(os.dup(2), "w", buffering=1, closefd=True), stderr=False)
+    console = make_console(file=os.fdopen(os.dup(2), "w", buffering=1, closefd=True))
     report = _quietly(lambda: run_bench(export_dirs, thread_counts, batches, runs, warmup=warmup, checkpoint=checkpoint, memory=memory,
                                         log=lambda line: console.print(line, highlight=False), command=_command_line()), "bench")
     problems = validate_report(report)
@@ -537,7 +584,7 @@ def bench(
         write_json(report, json_report)
     if plot is not None:
         plot_report(report, plot)
-    Console().print(rich_table(report))
+    make_console().print(rich_table(report))
     for line in [*how_lines(report), *report["notes"]]:
         typer.echo(f"note: {line}")
     typer.echo(f"peak memory: {report['memory_measures']}")
@@ -570,13 +617,13 @@ def sweep(
     bottlenecks = None if bottleneck is None else parse_bottleneck(bottleneck)
     wires, batches = parse_wire(wire), parse_counts(batch, "--batch")
     recipe_path = resolve_recipe(recipe)
-    from rich.console import Console
+    from dtconvert.output import console as make_console
 
     from dtconvert.recipe import load_recipe
     from dtconvert.sweep import markdown_table, run_sweep
 
     out = out if out is not None else Path("sweep") / load_recipe(recipe_path).name
-    console = Console(file=os.fdopen(os.dup(2), "w", buffering=1, closefd=True), stderr=False)
+    console = make_console(file=os.fdopen(os.dup(2), "w", buffering=1, closefd=True))
     report = _quietly(lambda: run_sweep(recipe_path, pool_ats, bottlenecks, wires, epochs, batches, runs, out, threads=threads, calib=calib,
                                         log=lambda line: console.print(line, highlight=False), command=_command_line()), "sweep")
     typer.echo(markdown_table(report), nl=False)
@@ -616,6 +663,12 @@ def _quietly(work, name: str):
 
 def run() -> None:
     """Console-script entry point."""
+    import logging
+
+    # torchao warns on import that its optional CUDA kernels do not load; dtconvert runs on CPU.
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    # torchao registers an Enum with torch's pytree, which torch 2.13 now warns about on every start.
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     try:
         app()
     except BrokenPipeError:  # `dtconvert info x | head`

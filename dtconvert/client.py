@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from dtconvert.errors import UserError
+from dtconvert.errors import UserError, unloadable
 from dtconvert.wire import CONTENT_TYPE
 
 CLIENT_TARGETS = {"executorch": "ExecuTorch XNNPACK", "tflite": "LiteRT XNNPACK"}
@@ -27,22 +27,55 @@ class ServerError(Exception):
     """The server answered with an error; the message is its own."""
 
 
-class DecoderClient:
-    """One keep-alive HTTP connection to a ``dtconvert serve`` instance."""
+RETRIES = 3  # 503 answers retried at most this many times per request
+MAX_RETRY_WAIT = 5.0  # seconds: a Retry-After above it is capped
+DEFAULT_RETRY_WAIT = 1.0  # seconds, when a 503 names no (readable) Retry-After
 
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
+
+class DecoderClient:
+    """One keep-alive HTTP(S) connection to a ``dtconvert serve`` instance.
+
+    ``token``: sent as ``Authorization: Bearer`` on every request (never logged). ``cafile``: a
+    PEM bundle to trust for https (the system's store otherwise). A 503 is retried after its
+    ``Retry-After`` (capped at MAX_RETRY_WAIT s), at most ``retries`` times; no other status is."""
+
+    def __init__(self, url: str, timeout: float = 30.0, token: str | None = None, cafile: Path | None = None,
+                 retries: int = RETRIES, sleep=time.sleep) -> None:
+        import ssl
+
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UserError(f"--url {url!r}: expected http://HOST:PORT or https://HOST:PORT")
         self.url = url.rstrip("/")
         self.base = parts.path.rstrip("/")
-        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-        self.connection = cls(parts.hostname, parts.port, timeout=timeout)
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.retries, self.sleep, self.retried = retries, sleep, 0
+        if parts.scheme == "https":
+            try:
+                context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
+            except (OSError, ssl.SSLError) as e:
+                raise UserError(f"--ca-file {cafile}: not a readable PEM certificate bundle ({e})") from None
+            self.connection = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout, context=context)
+        else:
+            if cafile is not None:
+                raise UserError(f"--ca-file is for an https URL; {url} is plain http")
+            self.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
 
     def _request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict]:
+        for retry in range(self.retries + 1):
+            status, answer, retry_after = self._once(method, path, body, {**self.headers, **(headers or {})})
+            if status != 503 or retry == self.retries:
+                return status, answer
+            self.retried += 1
+            self.sleep(retry_after)
+        raise AssertionError("unreachable")
+
+    def _once(self, method: str, path: str, body: bytes | None, headers: dict) -> tuple[int, dict, float]:
+        import ssl
+
         for attempt in (0, 1):  # one reconnect: a keep-alive connection the server closed while idle
             try:
-                self.connection.request(method, self.base + path, body=body, headers=headers or {})
+                self.connection.request(method, self.base + path, body=body, headers=headers)
                 response = self.connection.getresponse()
                 data = response.read()
                 break
@@ -50,6 +83,9 @@ class DecoderClient:
                 self.connection.close()
                 if attempt:
                     raise ServerError(f"{self.url}: the server closed the connection")
+            except ssl.SSLError as e:
+                self.connection.close()
+                raise UserError(f"{self.url}: TLS failed ({e.reason or e}); pass --ca-file with the server's certificate authority") from None
             except (ConnectionRefusedError, OSError) as e:
                 self.connection.close()
                 raise UserError(f"cannot reach the decoder server at {self.url}: {e.strerror or e}") from None
@@ -57,7 +93,7 @@ class DecoderClient:
             answer = json.loads(data)
         except ValueError:
             raise ServerError(f"{self.url}{path}: HTTP {response.status}, not a JSON answer") from None
-        return response.status, answer
+        return response.status, answer, _retry_wait(response.getheader("Retry-After"))
 
     def model_ids(self) -> list[str]:
         """The model ids the server serves (``/healthz``: ``model_ids``, or the one ``model_id`` of an older server)."""
@@ -77,6 +113,13 @@ class DecoderClient:
 
     def close(self) -> None:
         self.connection.close()
+
+
+def _retry_wait(header: str | None) -> float:
+    """Seconds to wait for a Retry-After value (delay seconds; an HTTP date or garbage: the default)."""
+    if header is not None and header.strip().isdigit():
+        return min(float(header.strip()), MAX_RETRY_WAIT)
+    return DEFAULT_RETRY_WAIT
 
 
 @dataclass
@@ -123,13 +166,19 @@ def device_runner(export_dir: Path, manifest: dict, target: str):
     path = export_dir / entries[0]["path"]
     if not path.exists():
         raise UserError(f"{path}: the device artifact the manifest lists is missing")
-    if target == "executorch":
-        from dtconvert.targets import load_target
+    try:
+        if target == "executorch":
+            from dtconvert.targets import load_target
 
-        return load_target("executorch").runner(path)
-    from dtconvert.targets.tflite import make_runner
+            run = load_target("executorch").runner(path)
+        else:
+            from dtconvert.targets.tflite import make_runner
 
-    return make_runner(path)
+            run = make_runner(path)
+        run(np.zeros(manifest["device_input"]["shape"], dtype=np.float32))  # some runtimes fail only on the first call
+    except Exception as e:
+        raise unloadable(path, CLIENT_TARGETS[target], e) from None
+    return run
 
 
 def client_images(export_dir: Path, manifest: dict, folder: Path | None, digits: int | None):
@@ -155,7 +204,7 @@ def client_images(export_dir: Path, manifest: dict, folder: Path | None, digits:
 
 
 def run_client(export_dir: Path, target: str, url: str, images: np.ndarray, labels: np.ndarray | None, names: list[str],
-               top_k: int = 3, progress=None) -> ClientReport:
+               top_k: int = 3, progress=None, token: str | None = None, cafile: Path | None = None) -> ClientReport:
     from dtconvert.manifest import load_manifest
     from dtconvert.quantize import quantize_wire
     from dtconvert.wire import encode_payload
@@ -164,7 +213,7 @@ def run_client(export_dir: Path, target: str, url: str, images: np.ndarray, labe
     run = device_runner(export_dir, manifest, target)
     wire = manifest["wire"]
     scale, zero_point, model_id = float(np.float32(wire["scale"])), int(wire["zero_point"]), manifest["model"]["id"]
-    client = DecoderClient(url)
+    client = DecoderClient(url, token=token, cafile=cafile)
     try:
         served = client.model_ids()
         if model_id not in served:

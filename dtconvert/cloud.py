@@ -20,16 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dtconvert.errors import UserError
+from dtconvert.errors import UserError, unloadable
 from dtconvert.wire import CONTENT_TYPE, WirePayload, header_size
 
 
 class RequestError(Exception):
     """A client's mistake: answered with this status and message, counted by ``reason``."""
 
-    def __init__(self, status: int, message: str, reason: str) -> None:
+    def __init__(self, status: int, message: str, reason: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.message, self.reason = status, message, reason
+        self.status, self.message, self.reason, self.headers = status, message, reason, headers
 
 
 @dataclass(eq=False)  # compared and hashed by identity: one object per served variant
@@ -126,8 +126,11 @@ class SharedCloud:
                 raise UserError(f"{path}: the cloud decoder the manifest lists is missing")
             if sha256_file(path) != clouds[0]["sha256"]:
                 raise UserError(f"{path}: sha256 does not match the manifest (modified or corrupt); re-export or run 'dtconvert verify'")
-            decoder = load_decoder(path)
-            identity = cloud_identity(decoder, variant.tasks)
+            try:
+                decoder = load_decoder(path)
+                identity = cloud_identity(decoder, variant.tasks)
+            except Exception as e:  # a file that matches its sha256 but is no TorchScript decoder
+                raise unloadable(path, "TorchScript", e) from None
             recorded = manifest["model"].get("cloud")
             if recorded is not None and recorded["trunk_sha256"] != identity["trunk_sha256"]:
                 raise UserError(f"{export_dir}/manifest.json: model.cloud.trunk_sha256 does not describe the decoder {path.name} (modified?)")

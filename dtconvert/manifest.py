@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from importlib.resources import files
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from dtconvert.checkpoint import sha256_file
 from dtconvert.errors import UserError
@@ -66,6 +67,8 @@ def validate(manifest: dict, source: str = MANIFEST_NAME) -> None:
 
 
 def load_manifest(export_dir: Path) -> dict:
+    """Read, schema-check and confine an export's manifest: every path it names must stay inside
+    the export directory (an export is untrusted input: users download and pass them around)."""
     path = Path(export_dir) / MANIFEST_NAME
     if not Path(export_dir).is_dir():
         raise UserError(f"{export_dir}: no such export directory")
@@ -75,8 +78,60 @@ def load_manifest(export_dir: Path) -> dict:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid JSON ({e})") from None
+    _refuse_escaping_paths(Path(export_dir), manifest)  # before the schema, whose message would be less plain
     validate(manifest, str(path))
+    confine_manifest(Path(export_dir), manifest)
     return manifest
+
+
+def _refuse_escaping_paths(export_dir: Path, manifest: object) -> None:
+    """The path rule on the strings alone (absolute, '..'), on whatever shape the document has."""
+    if not isinstance(manifest, dict):
+        return
+    artifacts = manifest.get("artifacts")
+    for i, entry in enumerate(artifacts if isinstance(artifacts, list) else []):
+        if isinstance(entry, dict) and isinstance(entry.get("path"), str) and entry["path"]:
+            confined(export_dir, entry["path"], f"artifacts[{i}].path")
+    golden = manifest.get("golden")
+    if isinstance(golden, dict) and isinstance(golden.get("path"), str) and golden["path"]:
+        confined(export_dir, golden["path"], "golden.path")
+
+
+def confined(export_dir: Path, relative: str, key: str) -> Path:
+    """``export_dir / relative``, or UserError naming the manifest ``key`` if that path leaves the
+    export: an absolute path, a ``..`` part, or (where it exists) a symlink resolving outside."""
+    source = export_dir / MANIFEST_NAME
+    pure = PurePosixPath(relative)
+    if not relative or "\\" in relative or pure.is_absolute() or ".." in pure.parts:
+        raise UserError(f"{source}: {key} {relative!r} leaves the export directory (paths must be relative, without '..')")
+    path = export_dir / pure
+    _inside(export_dir, path, f"{source}: {key} {relative!r}")
+    return path
+
+
+def _inside(export_dir: Path, path: Path, what: str) -> None:
+    root, real = export_dir.resolve(), path.resolve()
+    if real != root and root not in real.parents:
+        raise UserError(f"{what} resolves to {real}, outside the export directory (a symlink?)")
+
+
+def confine_manifest(export_dir: Path, manifest: dict) -> None:
+    """Every artifact path, every file of a directory artifact and the golden files stay inside the export."""
+    for i, entry in enumerate(manifest["artifacts"]):
+        path = confined(export_dir, entry["path"], f"artifacts[{i}].path")
+        for name in entry.get("files", {}):
+            confined(export_dir, f"{entry['path']}/{name}", f"artifacts[{i}].files")
+        if path.is_dir():  # files the manifest does not list may be links too: nothing inside may point out
+            for folder, dirs, names in os.walk(path):
+                for name in [*dirs, *names]:
+                    inner = Path(folder) / name
+                    if inner.is_symlink():
+                        _inside(export_dir, inner, f"{export_dir / MANIFEST_NAME}: artifacts[{i}] ({entry['path']}) holds {inner.relative_to(export_dir)}, which")
+    golden = manifest.get("golden")
+    if golden is not None:
+        confined(export_dir, golden["path"], "golden.path")
+        for name in golden["files"]:
+            confined(export_dir, f"{golden['path']}/{name}", "golden.files")
 
 
 def write_manifest(export_dir: Path, manifest: dict) -> Path:

@@ -1,28 +1,39 @@
-"""``dtconvert serve``: the cloud half over HTTP (FastAPI on uvicorn).
+"""``dtconvert serve``: the cloud half over HTTP (FastAPI on uvicorn), the HTTP edge.
 
 The server loads one or more exports into a :class:`~dtconvert.cloud.SharedCloud` (one trunk,
-every device variant tuned from it) and answers ``POST /v1/decode`` with each task's top-k
-labels for a wire-format message (docs/wire-format.md); the message's model id picks the
-variant. Concurrent requests, of any variants, are decoded as one batch (up to ``max_batch``
-images, waiting at most ``max_wait_ms`` for more to arrive) by a single decode worker. Every byte
-of a request is validated; a client's mistake gets a 4xx with ``{"error": ..., "status": ...}``,
-never a 500. See docs/serving.md.
+every device variant tuned from it) and answers ``POST /v1/decode`` with each task's top-k labels
+for a wire-format message (docs/wire-format.md); the message's model id picks the variant. The
+decode worker (:mod:`dtconvert.batching`) batches concurrent requests of any variants.
+
+The edge faces the internet, so it holds under overload and hostile clients:
+
+* every byte of a request is validated; a client's mistake gets a 4xx with
+  ``{"error": ..., "status": ...}``, never a 500;
+* admission control: when the images waiting for the decoder would exceed ``max_queue``, a
+  request is answered at once with 503 and ``Retry-After``, so latency stays bounded;
+* connections: at most ``max_connections`` (503 with ``Retry-After`` beyond), a connection that
+  sends no complete request head within ``header_timeout`` is closed, an idle keep-alive one after
+  ``keep_alive``, and a body not received within ``body_timeout`` gets 408;
+* optional TLS (uvicorn's own) and a bearer token on ``/v1/*`` (``/healthz`` and ``/metrics``
+  stay open), compared in constant time;
+* ``/openapi.json`` describes every endpoint, body, media type and status truthfully (checked by
+  schemathesis in the tests). See docs/serving.md.
 """
 
 from __future__ import annotations
 
-import asyncio
+import hmac
 import signal
 import socket
+import ssl
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from fastapi import Request  # resolved at module level: FastAPI reads the handlers' annotations
 
+from dtconvert.batching import MicroBatcher
 from dtconvert.cloud import RequestError, SharedCloud, Variant
 from dtconvert.errors import UserError
 from dtconvert.wire import CONTENT_TYPE, WireFormatError, WirePayload, decode_payload
@@ -30,109 +41,157 @@ from dtconvert.wire import CONTENT_TYPE, WireFormatError, WirePayload, decode_pa
 DEFAULT_TOP_K = 3
 # Latency buckets (seconds) for the Prometheus histogram: sub-millisecond to a second.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-
-
-# ---- micro-batching ---------------------------------------------------------------------------------
+MIN_TOKEN_CHARS = 16
 
 
 @dataclass
-class _Job:
-    wire: np.ndarray
-    variant: Variant
-    future: asyncio.Future
-    queued: float = field(default_factory=time.perf_counter)
+class ServeOptions:
+    """How the server batches, admits and guards; the CLI's flags."""
+
+    max_batch: int = 32
+    max_wait_ms: float = 2.0
+    max_body_bytes: int | None = None  # default: header + max(4, max_batch) images
+    max_queue: int | None = None  # images waiting for the decoder; default QUEUE_BATCHES × max_batch
+    max_connections: int = 1000
+    header_timeout: float = 10.0
+    body_timeout: float = 10.0
+    keep_alive: float = 5.0
+    retry_after: int = 1  # seconds a 503 asks the client to wait
+    token: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    def queue_limit(self) -> int:
+        return self.max_queue if self.max_queue is not None else QUEUE_BATCHES * self.max_batch
 
 
-class MicroBatcher:
-    """Decodes concurrent requests together: up to ``max_batch`` images, waiting at most
-    ``max_wait_ms`` after the first one for more, whatever variant each belongs to. One worker
-    thread runs the decoder, so requests that arrive while it is busy form the next batch.
-    ``on_batch(owners)`` sees every batch's rows by variant (for the metrics)."""
+# Two batches' worth of images may wait: a third would only add latency, never throughput (the
+# decoder drains one batch per call).
+QUEUE_BATCHES = 2
 
-    def __init__(self, service: SharedCloud, max_batch: int, max_wait_ms: float, on_batch=None) -> None:
-        self.service, self.max_batch, self.max_wait = service, max_batch, max_wait_ms / 1000.0
-        self.on_batch = on_batch or (lambda owners: None)
-        self.queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dtconvert-decode")
-        self.task: asyncio.Task | None = None
-        self._carry: _Job | None = None
 
-    async def start(self) -> None:
-        """Warm the decoder up in the worker thread that will run it, then start taking jobs."""
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self.executor, self.service.warm_up, self.max_batch)
-        self.task = loop.create_task(self._run())
+def read_token(path: Path) -> str:
+    """The bearer token from ``--token-file`` (one line; whitespace around it is ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--token-file {path}: no such file")
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--token-file {path}: cannot read it ({e})") from None
+    if len(token) < MIN_TOKEN_CHARS or any(c.isspace() or not c.isprintable() for c in token):
+        raise UserError(f"--token-file {path}: the token must be one line of at least {MIN_TOKEN_CHARS} printable characters "
+                        "without spaces (e.g. 'openssl rand -hex 32 > token')")
+    return token
 
-    async def stop(self) -> None:
-        """Finish every queued job, then stop the worker."""
-        while not self.queue.empty() or self._carry is not None:
-            await asyncio.sleep(0.005)
-        if self.task is not None:
-            self.task.cancel()
-            try:
-                await self.task
-            except asyncio.CancelledError:
-                pass
-        self.executor.shutdown(wait=True)
 
-    async def submit(self, wire: np.ndarray, variant: Variant) -> tuple[list[list[np.ndarray]], dict]:
-        job = _Job(wire, variant, asyncio.get_running_loop().create_future())
-        await self.queue.put(job)
-        return await job.future
+def tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    """Check ``--tls-cert``/``--tls-key`` load together before the server starts (one line, exit 2 if not)."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise UserError("--tls-cert and --tls-key go together: pass both (PEM files) or neither")
+    for flag, path in (("--tls-cert", cert), ("--tls-key", key)):
+        if not Path(path).is_file():
+            raise UserError(f"{flag} {path}: no such file")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(str(cert), str(key))
+    except (ssl.SSLError, OSError, ValueError) as e:
+        raise UserError(f"--tls-cert {cert} / --tls-key {key}: not a matching PEM certificate and key ({e})") from None
+    return context
 
-    async def _collect(self) -> list[_Job]:
-        first = self._carry or await self.queue.get()
-        self._carry = None
-        jobs, images = [first], len(first.wire)
-        deadline = time.perf_counter() + self.max_wait
-        while images < self.max_batch:
-            try:
-                job = self.queue.get_nowait()
-            except asyncio.QueueEmpty:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
-                try:
-                    job = await asyncio.wait_for(self.queue.get(), remaining)
-                except asyncio.TimeoutError:
-                    break
-            if images + len(job.wire) > self.max_batch:
-                self._carry = job  # starts the next batch; a batch never exceeds max_batch
-                break
-            jobs.append(job)
-            images += len(job.wire)
-        return jobs
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            jobs = await self._collect()
-            wire = np.concatenate([j.wire for j in jobs])  # a writable copy: request bodies are read-only
-            owners = [j.variant for j in jobs for _ in range(len(j.wire))]
-            started = time.perf_counter()
-            try:
-                probs = await loop.run_in_executor(self.executor, self.service.decode, wire, owners)
-            except Exception as e:  # the decoder itself failed: the server's fault, a 500
-                for j in jobs:
-                    if not j.future.done():
-                        j.future.set_exception(e)
-                continue
-            decode_ms = (time.perf_counter() - started) * 1000.0
-            self.on_batch(owners)
-            row = 0
-            for j in jobs:
-                n = len(j.wire)
-                timing = {"queue_ms": round((started - j.queued) * 1000.0, 3), "decode_ms": round(decode_ms, 3), "batch_images": len(wire),
-                          "batch_models": len(set(map(id, owners)))}
-                if not j.future.done():  # the client may have gone away
-                    j.future.set_result((probs[row : row + n], timing))
-                row += n
+# ---- OpenAPI: what the endpoints accept and answer ------------------------------------------------
+
+_ERROR_SCHEMA = {"$ref": "#/components/schemas/Error"}
+
+
+def _error(description: str, headers: dict | None = None) -> dict:
+    response = {"description": description, "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer", "minimum": 0}}}
+_WWW_AUTHENTICATE = {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}}
+_SCHEMAS = {
+    "Error": {"type": "object", "required": ["error", "status"], "additionalProperties": False,
+              "properties": {"error": {"type": "string", "description": "one sentence naming the field and the problem"},
+                             "status": {"type": "integer"}}},
+    "Prediction": {"type": "object", "required": ["label", "index", "score"],
+                   "properties": {"label": {"type": "string"}, "index": {"type": "integer", "minimum": 0},
+                                  "score": {"type": "number", "minimum": 0, "maximum": 1}}},
+    "Decoded": {"type": "object", "required": ["model_id", "tasks", "predictions", "timing"],
+                "properties": {"model_id": {"type": "string"}, "tasks": {"type": "array", "items": {"type": "string"}},
+                               "predictions": {"type": "array", "items": {"type": "object", "additionalProperties": {
+                                   "type": "array", "items": {"$ref": "#/components/schemas/Prediction"}}}},
+                               "timing": {"type": "object", "additionalProperties": {"type": "number"}}}},
+    "Health": {"type": "object", "required": ["status", "model_id", "model_ids"],
+               "properties": {"status": {"const": "ok"}, "model_id": {"type": "string"},
+                              "model_ids": {"type": "array", "items": {"type": "string"}}}},
+    "Models": {"type": "object", "required": ["models"], "properties": {"models": {"type": "array", "items": {
+        "type": "object", "required": ["id", "name", "tasks", "wire_shape", "scale", "zero_point"]}}}},
+    "Model": {"type": "object", "required": ["schema_version", "model", "precision", "device_input", "wire", "tasks", "wire_format"]},
+}
+
+
+def _json(schema: str, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+
+
+def _openapi(app, secured: bool) -> dict:
+    """FastAPI's document, with the wire-format body and every answer the server gives spelled out."""
+    from fastapi.openapi.utils import get_openapi
+
+    document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = document.setdefault("components", {})
+    components.setdefault("schemas", {}).update(_SCHEMAS)
+    if secured:
+        components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    paths = document["paths"]
+    unauthorized = {"401": _error("missing or wrong bearer token", _WWW_AUTHENTICATE)} if secured else {}
+    overloaded = {"503": _error("at capacity or shutting down; retry after Retry-After seconds", _RETRY_AFTER)}
+    paths["/v1/decode"]["post"].update({
+        "parameters": [{"name": "top_k", "in": "query", "required": False, "description": "labels per task (capped at its classes)",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": DEFAULT_TOP_K}}],
+        "requestBody": {"required": True, "description": "one wire-format message (docs/wire-format.md)",
+                        "content": {CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}}}},
+        "responses": {"200": _json("Decoded", "top-k labels per image and task"),
+                      "400": _error("not a valid wire message, or a bad top_k"),
+                      **unauthorized,
+                      "408": _error("the body did not arrive in time"),
+                      "413": _error("body larger than the limit"),
+                      "415": _error(f"Content-Type is not {CONTENT_TYPE}"),
+                      "422": _error("a valid message that fits no served model: model id, shape, scale, zero point or task"),
+                      **overloaded},
+    })
+    paths["/v1/model"]["get"].update({
+        "parameters": [{"name": "id", "in": "query", "required": False, "description": "a served model id (required with several)",
+                        "schema": {"type": "string"}}],
+        "responses": {"200": _json("Model", "the public part of the variant's manifest"), **unauthorized,
+                      "404": _error("no such model id here"), "409": _error("several models served: name one with id")},
+    })
+    paths["/v1/models"]["get"]["responses"] = {"200": _json("Models", "every served device variant"), **unauthorized}
+    paths["/healthz"]["get"]["responses"] = {"200": _json("Health", "the decoder is loaded")}
+    paths["/metrics"]["get"]["responses"] = {"200": {"description": "Prometheus text exposition",
+                                                     "content": {"text/plain": {"schema": {"type": "string"}}}}}
+    if secured:
+        for path in ("/v1/decode", "/v1/model", "/v1/models"):
+            for operation in paths[path].values():
+                operation["security"] = [{"bearer": []}]
+    for operations in paths.values():
+        for operation in operations.values():
+            operation["responses"].setdefault("405", _error("method not allowed here (see the Allow header)",
+                                                            {"Allow": {"schema": {"type": "string"}}}))
+    return document
 
 
 # ---- the HTTP app ------------------------------------------------------------------------------------
 
 
-def create_app(service: SharedCloud, max_batch: int = 32, max_wait_ms: float = 2.0, max_body_bytes: int | None = None):
+def create_app(service: SharedCloud, options: ServeOptions | None = None):
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI
@@ -141,8 +200,10 @@ def create_app(service: SharedCloud, max_batch: int = 32, max_wait_ms: float = 2
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    if max_body_bytes is None:
-        max_body_bytes = default_max_body(service, max_batch)
+    options = options or ServeOptions()
+    max_body_bytes = options.max_body_bytes or default_max_body(service, options.max_batch)
+    max_queue = options.queue_limit()
+    token = options.token.encode() if options.token else None
     registry = CollectorRegistry()
     requests_total = Counter("dtconvert_requests_total", "HTTP requests answered, by endpoint and status.", ["endpoint", "status"], registry=registry)
     decode_total = Counter("dtconvert_decode_requests_total", "/v1/decode requests answered, by model id and status "
@@ -157,7 +218,8 @@ def create_app(service: SharedCloud, max_batch: int = 32, max_wait_ms: float = 2
     latency = Histogram("dtconvert_decode_request_seconds", "Time from the request's arrival to its answer, /v1/decode.",
                         buckets=LATENCY_BUCKETS, registry=registry)
     in_flight = Gauge("dtconvert_requests_in_flight", "/v1/decode requests being handled.", registry=registry)
-    state = {"batcher": None, "draining": False}
+    queued = Gauge("dtconvert_queued_images", "Images accepted and waiting for (or in) the decoder.", registry=registry)
+    state: dict = {"batcher": None, "draining": False}
 
     def on_batch(owners: list[Variant]) -> None:
         batch_images.observe(len(owners))
@@ -171,23 +233,46 @@ def create_app(service: SharedCloud, max_batch: int = 32, max_wait_ms: float = 2
 
     @asynccontextmanager
     async def lifespan(app):
-        batcher = MicroBatcher(service, max_batch, max_wait_ms, on_batch=on_batch)
+        batcher = MicroBatcher(service, options.max_batch, options.max_wait_ms, on_batch=on_batch)
         await batcher.start()
         state["batcher"] = batcher
         yield
         state["draining"] = True
         await batcher.stop()
 
-    app = FastAPI(title="dtconvert cloud decoder", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="dtconvert cloud decoder", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="The shared cloud half of a Device Tuning model: int8 wire tensors in, top-k labels per task out.")
+    def openapi() -> dict:
+        if app.openapi_schema is None:  # built once, on the first request for it
+            app.openapi_schema = _openapi(app, token is not None)
+        return app.openapi_schema
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message, "status": status}, status_code=status)
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to replace the document
+
+    def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
+
+    def refused(endpoint: str, e: RequestError) -> JSONResponse:
+        requests_total.labels(endpoint, str(e.status)).inc()
+        return error(e.status, e.message, e.headers)
+
+    def authorize(request: Request) -> None:
+        """Constant-time bearer token check on /v1/* when the server has a token."""
+        if token is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token):
+            raise RequestError(401, "this server needs 'Authorization: Bearer <token>' (missing or wrong token)", "unauthorized",
+                               headers={"WWW-Authenticate": "Bearer"})
+
+    app.state.count_rejected = lambda path: (requests_total.labels(path if path in _ENDPOINTS else "other", "503").inc(),
+                                             errors_total.labels("connections").inc() if path == "/v1/decode" else None)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         message = {404: f"no such endpoint {request.url.path}", 405: f"method {request.method} not allowed on {request.url.path}"}
         requests_total.labels(request.url.path if exc.status_code != 404 else "other", str(exc.status_code)).inc()
-        return error(exc.status_code, message.get(exc.status_code, str(exc.detail)))
+        return error(exc.status_code, message.get(exc.status_code, str(exc.detail)), getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
@@ -202,10 +287,14 @@ def create_app(service: SharedCloud, max_batch: int = 32, max_wait_ms: float = 2
     async def healthz():
         requests_total.labels("/healthz", "200").inc()
         # model_id: the first variant, as a one-variant server has always answered; model_ids: all of them.
-        return {"status": "ok", "model_id": service.model_ids[0], "model_ids": service.model_ids}
+        return JSONResponse({"status": "ok", "model_id": service.model_ids[0], "model_ids": service.model_ids})
 
     @app.get("/v1/model")
     async def model(request: Request):
+        try:
+            authorize(request)
+        except RequestError as e:
+            return refused("/v1/model", e)
         wanted = request.query_params.get("id")
         if wanted is None and len(service.variants) > 1:
             requests_total.labels("/v1/model", "409").inc()
@@ -215,15 +304,20 @@ def create_app(service: SharedCloud, max_batch: int = 32, max_wait_ms: float = 2
             requests_total.labels("/v1/model", "404").inc()
             return error(404, f"model id {wanted!r} is not served here (serving {', '.join(service.model_ids)})")
         requests_total.labels("/v1/model", "200").inc()
-        return service.variants[wanted or service.model_ids[0]].public()
+        return JSONResponse(service.variants[wanted or service.model_ids[0]].public())
 
     @app.get("/v1/models")
-    async def models():
+    async def models(request: Request):
+        try:
+            authorize(request)
+        except RequestError as e:
+            return refused("/v1/models", e)
         requests_total.labels("/v1/models", "200").inc()
-        return {"models": [v.summary() for v in service.variants.values()]}
+        return JSONResponse({"models": [v.summary() for v in service.variants.values()]})
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics():
+        queued.set(state["batcher"].pending if state["batcher"] is not None else 0)
         return PlainTextResponse(generate_latest(registry).decode(), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/decode")
@@ -232,9 +326,15 @@ def create_app(service: SharedCloud, max_batch: int = 32, max_wait_ms: float = 2
         in_flight.inc()
         model_id = "-"
         try:
+            authorize(request)
             variant, tasks, payload, k = await _parse(request)
             model_id = variant.model_id
-            probs, timing = await state["batcher"].submit(payload.tensor, variant)
+            batcher = state["batcher"]
+            if batcher.pending + len(payload.tensor) > max_queue:  # admission control: answer now rather than late
+                raise RequestError(503, f"the server is at capacity ({batcher.pending} images waiting for the decoder, "
+                                        f"limit {max_queue}); retry after {options.retry_after} s", "overloaded",
+                                   headers={"Retry-After": str(options.retry_after)})
+            probs, timing = await batcher.submit(payload.tensor, variant)
             predictions = [service.top_k(variant, row, tasks, k) for row in probs]
             timing["server_ms"] = round((time.perf_counter() - arrived) * 1000.0, 3)
             requests_total.labels("/v1/decode", "200").inc()
@@ -244,15 +344,17 @@ def create_app(service: SharedCloud, max_batch: int = 32, max_wait_ms: float = 2
             return JSONResponse({"model_id": model_id, "tasks": tasks, "predictions": predictions, "timing": timing})
         except RequestError as e:
             errors_total.labels(e.reason).inc()
-            requests_total.labels("/v1/decode", str(e.status)).inc()
             decode_total.labels(model_id if model_id in service.variants else "-", str(e.status)).inc()
-            return error(e.status, e.message)
+            return refused("/v1/decode", e)
         finally:
             in_flight.dec()
 
     async def _parse(request: Request) -> tuple[Variant, list[str], WirePayload, int]:
+        import asyncio
+
         if state["draining"]:
-            raise RequestError(503, "the server is shutting down; retry on another instance", "shutting_down")
+            raise RequestError(503, "the server is shutting down; retry on another instance", "shutting_down",
+                               headers={"Retry-After": str(options.retry_after)})
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != CONTENT_TYPE:
             raise RequestError(415, f"Content-Type must be {CONTENT_TYPE}, got {content_type or 'none'!r}", "content_type")
@@ -264,10 +366,14 @@ def create_app(service: SharedCloud, max_batch: int = 32, max_wait_ms: float = 2
             if int(declared) > max_body_bytes:
                 raise RequestError(413, f"body of {int(declared)} bytes is over the limit of {max_body_bytes} bytes", "too_large")
         body = bytearray()
-        async for chunk in request.stream():  # also bounds chunked bodies that declare no length
-            body += chunk
-            if len(body) > max_body_bytes:
-                raise RequestError(413, f"body is over the limit of {max_body_bytes} bytes", "too_large")
+        try:
+            async with asyncio.timeout(options.body_timeout):  # a slow body cannot hold a request open
+                async for chunk in request.stream():  # also bounds chunked bodies that declare no length
+                    body += chunk
+                    if len(body) > max_body_bytes:
+                        raise RequestError(413, f"body is over the limit of {max_body_bytes} bytes", "too_large")
+        except TimeoutError:
+            raise RequestError(408, f"the request body did not arrive within {options.body_timeout:g} s", "timeout") from None
         try:
             payload = decode_payload(bytes(body), max_bytes=max_body_bytes)
         except WireFormatError as e:
@@ -276,6 +382,9 @@ def create_app(service: SharedCloud, max_batch: int = 32, max_wait_ms: float = 2
         return variant, tasks, payload, k
 
     return app
+
+
+_ENDPOINTS = {"/v1/decode", "/v1/model", "/v1/models", "/healthz", "/metrics"}
 
 
 def _top_k(raw: str | None, max_classes: int) -> int:
@@ -300,6 +409,69 @@ def default_max_body(service: SharedCloud, max_batch: int) -> int:
     return service.header_bytes + service.max_bytes_per_image * max(4, max_batch)
 
 
+# ---- the connection layer -------------------------------------------------------------------------
+
+
+def _guarded_protocol(header_timeout: float):
+    """uvicorn's httptools protocol, closing a connection whose request head does not arrive in
+    time (uvicorn itself times out only idle keep-alive connections, after a response)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class GuardedProtocol(HttpToolsProtocol):
+        _head_timer = None
+
+        def _arm(self) -> None:
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(header_timeout, self._head_too_slow)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_too_slow(self) -> None:
+            self._head_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()  # a connection that never sends a request
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return GuardedProtocol
+
+
+def _install_connection_limit_answer(app, retry_after: int) -> None:
+    """Past ``limit_concurrency`` uvicorn answers a plain-text 503 without Retry-After; make it the
+    API's JSON error with Retry-After, and count it (uvicorn 0.54 looks the function up by name)."""
+    import json
+
+    from uvicorn.protocols.http import httptools_impl
+
+    body = json.dumps({"error": f"the server has too many connections open; retry after {retry_after} s", "status": 503}).encode()
+
+    async def too_many_connections(scope, receive, send) -> None:
+        app.state.count_rejected(scope.get("path", ""))
+        await send({"type": "http.response.start", "status": 503,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"retry-after", str(retry_after).encode()), (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    httptools_impl.service_unavailable = too_many_connections
+
+
 # ---- running it ---------------------------------------------------------------------------------------
 
 
@@ -313,38 +485,45 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as e:
         sock.close()
         raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    sock.listen(2048)
+    sock.listen(4096)
     sock.set_inheritable(True)
     return sock
 
 
-def make_server(service: SharedCloud, sock: socket.socket, max_batch: int, max_wait_ms: float,
-                max_body_bytes: int | None, graceful_seconds: float = 30.0, own_logging: bool = True):
+def make_server(service: SharedCloud, sock: socket.socket, options: ServeOptions, graceful_seconds: float = 30.0,
+                own_logging: bool = True):
     """A uvicorn server for the app. ``own_logging=False`` leaves logging alone (an embedded
     server): uvicorn's default config binds handlers to the sys.stderr of the moment, which a
     caller such as a test runner may close later."""
     import uvicorn
 
-    app = create_app(service, max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes)
+    app = create_app(service, options)
+    _install_connection_limit_answer(app, options.retry_after)
     logging = {} if own_logging else {"log_config": None}
+    tls = {"ssl_certfile": str(options.tls_cert), "ssl_keyfile": str(options.tls_key)} if options.tls_cert else {}
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=graceful_seconds,
-                            loop="auto", http="auto", lifespan="on", limit_concurrency=None, server_header=False, **logging)
+                            loop="auto", http=_guarded_protocol(options.header_timeout), lifespan="on",
+                            limit_concurrency=options.max_connections, timeout_keep_alive=options.keep_alive,
+                            server_header=False, **tls, **logging)
     return uvicorn.Server(config)
 
 
-def serve(export_dirs: list[Path], host: str, port: int, max_batch: int, max_wait_ms: float, max_body_bytes: int | None,
-          threads: int | None, announce=print) -> None:
+def serve(export_dirs: list[Path], host: str, port: int, options: ServeOptions, threads: int | None, announce=print) -> None:
+    tls_context(options.tls_cert, options.tls_key)  # bad TLS files: one line before anything loads
     torch.set_num_threads(threads or default_threads())
     service = SharedCloud(export_dirs)
     sock = bind(host, port)
     actual = sock.getsockname()[1]
-    server = make_server(service, sock, max_batch, max_wait_ms, max_body_bytes)
-    limit = max_body_bytes or default_max_body(service, max_batch)
+    server = make_server(service, sock, options)
+    limit = options.max_body_bytes or default_max_body(service, options.max_batch)
     url_host = f"[{host}]" if ":" in host else host
+    scheme = "https" if options.tls_cert else "http"
     served = "; ".join(f"{v.manifest['model']['name']} ({v.model_id}, tasks {', '.join(v.tasks)})" for v in service.variants.values())
     shared = f", one shared trunk for {len(service.variants)} variants" if len(service.variants) > 1 else ""
     announce(f"serving {served}{shared} "
-             f"on http://{url_host}:{actual}  max-batch {max_batch}, max-wait {max_wait_ms:g} ms, body limit {limit} B, "
+             f"on {scheme}://{url_host}:{actual}  max-batch {options.max_batch}, max-wait {options.max_wait_ms:g} ms, "
+             f"queue {options.queue_limit()} images, {options.max_connections} connections, body limit {limit} B, "
+             f"{'bearer token required on /v1/*, ' if options.token else ''}"
              f"{torch.get_num_threads()} decoder threads; Ctrl-C stops after answering requests in flight")
     # uvicorn answers SIGTERM and Ctrl-C with a graceful shutdown (no new connections, requests in
     # flight answered), then re-raises the signal; after that shutdown, exit 0 rather than die of it.
@@ -363,14 +542,14 @@ def _exit_cleanly(signum, frame) -> None:
 class BackgroundServer:
     """The real server on a loopback port in a thread of this process (``dtconvert demo``)."""
 
-    def __init__(self, export_dirs: list[Path], host: str = "127.0.0.1", max_batch: int = 32, max_wait_ms: float = 2.0) -> None:
+    def __init__(self, export_dirs: list[Path], host: str = "127.0.0.1", options: ServeOptions | None = None) -> None:
         import threading
 
         torch.set_num_threads(default_threads())
         self.service = SharedCloud(export_dirs)
         self.sock = bind(host, 0)
         self.url = f"http://{host}:{self.sock.getsockname()[1]}"
-        self.server = make_server(self.service, self.sock, max_batch, max_wait_ms, None, own_logging=False)
+        self.server = make_server(self.service, self.sock, options or ServeOptions(), own_logging=False)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> "BackgroundServer":
@@ -385,3 +564,6 @@ class BackgroundServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+
+
+__all__ = ["BackgroundServer", "ServeOptions", "create_app", "make_server", "read_token", "serve", "tls_context"]

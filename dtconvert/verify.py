@@ -29,7 +29,7 @@ from xml.etree import ElementTree
 
 import numpy as np
 
-from dtconvert.errors import UserError
+from dtconvert.errors import UserError, unloadable
 from dtconvert.manifest import describe_file, load_manifest
 from dtconvert.metrics import accuracy, cosine_similarity, max_abs_error, sqnr_db, top1_agreement
 from dtconvert.tolerances import load_tolerances
@@ -160,6 +160,13 @@ def device_runners(export_dir: Path, entry: dict):
     return []
 
 
+def _load(path: Path, runtime: str, load):
+    try:
+        return load(path)
+    except Exception as e:
+        raise unloadable(path, runtime, e) from None
+
+
 def _run_batched(run, images: np.ndarray) -> np.ndarray:
     # The device artifacts are exported for batch 1, as phones run them.
     return np.concatenate([run(images[i : i + 1]) for i in range(len(images))])
@@ -216,8 +223,8 @@ def verify_export(export_dir: Path, data: Path | None = None, digits: bool = Fal
     by_target = {e["target"]: e for e in manifest["artifacts"]}
     if "reference" not in by_target or "torchscript" not in by_target:
         raise UserError(f"{export_dir}: the manifest lists no reference model or cloud decoder to verify against")
-    reference = load_decoder(export_dir / by_target["reference"]["path"])
-    decoder = load_decoder(export_dir / by_target["torchscript"]["path"])
+    reference = _load(export_dir / by_target["reference"]["path"], "TorchScript", load_decoder)
+    decoder = _load(export_dir / by_target["torchscript"]["path"], "TorchScript", load_decoder)
     with torch.no_grad():
         outputs = reference(torch.from_numpy(images))
     reference_wire = outputs[0].numpy()
@@ -257,12 +264,18 @@ def verify_export(export_dir: Path, data: Path | None = None, digits: bool = Fal
     # 3. Each device artifact: structure, then every runtime this host has.
     for entry in (e for e in manifest["artifacts"] if e["part"] == "device"):
         name, target = entry["path"], entry["target"]
-        _check_structure(report, export_dir, entry, tolerances.get(target, precision))
+        from dtconvert.mil_reference import UnknownMILOp, UnsupportedMILOp
+
         try:
+            _check_structure(report, export_dir, entry, tolerances.get(target, precision))
             runners = device_runners(export_dir, entry)
-        except Exception as e:  # an unknown MIL op, a runtime that refuses the file
+        except (UnknownMILOp, UnsupportedMILOp) as e:  # a valid ML program using an op the interpreter lacks: a failed check
             report.add(name, "-", "load", False, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
             continue
+        except UserError:
+            raise
+        except Exception as e:  # bytes that match the manifest but no runtime can read: a broken export
+            raise unloadable(export_dir / name, target, e) from None
         for runtime, run, _ in runners:
             bounds = tolerances.get(target, precision, runtime)
             try:

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ANNOUNCE = re.compile(r"on (http://[\d.]+:\d+) ")
+ANNOUNCE = re.compile(r"on (https?://[\w.-]+:\d+) ")
 
 
 @dataclass
@@ -45,8 +45,9 @@ def dtconvert_command() -> list[str]:
 
 
 @contextmanager
-def running_server(export_dir: Path | list[Path], *args: str, timeout: float = 120.0):
-    """``export_dir``: one export, or a list of exports for one shared-cloud server."""
+def running_server(export_dir: Path | list[Path], *args: str, timeout: float = 120.0, ssl_context=None):
+    """``export_dir``: one export, or a list of exports for one shared-cloud server; ``ssl_context``
+    trusts the server's certificate when it serves https."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     exports = [str(d) for d in export_dir] if isinstance(export_dir, (list, tuple)) else [str(export_dir)]
     process = subprocess.Popen([*dtconvert_command(), "serve", *exports, "--host", "127.0.0.1", "--port", "0", *args],
@@ -76,7 +77,7 @@ def running_server(export_dir: Path | list[Path], *args: str, timeout: float = 1
         raise RuntimeError(f"dtconvert serve exited with {process.returncode}:\n{''.join(output)}")
     server = Server(url[0], process, output)
     try:
-        _wait_healthy(server, deadline)
+        _wait_healthy(server, deadline, ssl_context)
         yield server
     finally:
         if process.poll() is None:
@@ -89,12 +90,12 @@ def running_server(export_dir: Path | list[Path], *args: str, timeout: float = 1
         reader.join(timeout=5)
 
 
-def _wait_healthy(server: Server, deadline: float) -> None:
+def _wait_healthy(server: Server, deadline: float, ssl_context=None) -> None:
     import urllib.request
 
     while True:
         try:
-            with urllib.request.urlopen(server.url + "/healthz", timeout=5) as response:
+            with urllib.request.urlopen(server.url + "/healthz", timeout=5, context=ssl_context) as response:
                 if response.status == 200:
                     return
         except OSError:

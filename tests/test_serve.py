@@ -117,7 +117,7 @@ def server(int8_export):
 
 def test_healthz_model_and_metrics(server, model):
     status, body = get(server.url, "/healthz")
-    assert status == 200 and json.loads(body) == {"status": "ok", "model_id": model.id}
+    assert status == 200 and json.loads(body) == {"status": "ok", "model_id": model.id, "model_ids": [model.id]}
     status, body = get(server.url, "/v1/model")
     public = json.loads(body)
     assert status == 200
@@ -144,7 +144,7 @@ def test_decode_matches_the_decoder_run_locally(server, model):
         assert [x["score"] for x in labels] == sorted((x["score"] for x in labels), reverse=True)
         assert len(labels) == min(10, len(model.manifest["tasks"][t]["labels"]))
         assert labels[0]["label"] == str(model.manifest["tasks"][t]["labels"][labels[0]["index"]])
-    assert set(answer["timing"]) == {"queue_ms", "decode_ms", "server_ms", "batch_images"}
+    assert set(answer["timing"]) == {"queue_ms", "decode_ms", "server_ms", "batch_images", "batch_models"}
 
 
 def test_score_check_fails_for_another_image(server, model):

@@ -173,7 +173,10 @@ class ExecuTorchTarget:
     def runner(self, path: Path):
         from executorch.runtime import Runtime
 
-        method = Runtime.get().load_program(str(path)).load_method("forward")
+        from dtconvert.output import quiet_native
+
+        with quiet_native():  # the runtime logs its CPU probing to stderr on first use
+            method = Runtime.get().load_program(str(path)).load_method("forward")
 
         def run(x: np.ndarray) -> np.ndarray:
             return method.execute([torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))])[0].numpy()

@@ -1,0 +1,117 @@
+"""Console output that reads whole in a terminal and in a CI log.
+
+rich sizes everything to the terminal; with stdout piped (a CI log, ``| tee``) it falls back to
+80 columns and then ellipsizes table cells and wraps long lines, so a log reader cannot tell
+which artifact failed. Off a terminal, :func:`console` therefore lays out at a width no record
+reaches (tables render at their natural width, lines are never broken) without colour, and
+:meth:`LogConsole.rule` draws a short rule instead of one as wide as that.
+
+Under GitHub Actions (``GITHUB_ACTIONS=true``), :func:`github_annotations` and
+:func:`github_summary` turn verify's failed checks into ``::error`` workflow commands and a
+Markdown table for ``$GITHUB_STEP_SUMMARY``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, TextIO
+
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from dtconvert.verify import Check
+
+LOG_WIDTH = 100_000  # wider than any record; tables still render only as wide as their content
+RULE_WIDTH = 100
+
+
+class LogConsole(Console):
+    """A console for a log file or pipe: nothing cut, nothing wrapped, no colour codes."""
+
+    def rule(self, title: Any = "", *args: Any, **kwargs: Any) -> None:  # a full-width rule would be LOG_WIDTH long
+        text = f"── {title} " if title else ""
+        self.print(text + "─" * max(4, RULE_WIDTH - len(text)), markup=False, highlight=False, soft_wrap=True)
+
+
+def console(stderr: bool = False, file: TextIO | None = None) -> Console:
+    """rich's own console on a terminal; a :class:`LogConsole` when the stream is not one."""
+    stream = file if file is not None else (sys.stderr if stderr else sys.stdout)
+    if _is_terminal(stream):
+        return Console(file=file, stderr=stderr)
+    return LogConsole(file=stream, width=LOG_WIDTH, no_color=True, soft_wrap=True, highlight=False)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or fake stream
+        return False
+
+
+def on_github_actions() -> bool:
+    return os.environ.get("GITHUB_ACTIONS") == "true"
+
+
+def _escape_data(text: str) -> str:
+    """Workflow-command message escaping (GitHub's toolkit: core/src/command.ts escapeData)."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    """Workflow-command property escaping (escapeProperty): also ':' and ','."""
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def github_annotations(checks: list[Check], manifest: str) -> list[str]:
+    """One ``::error`` line per failed check: artifact, runtime, check, and the measured value
+    against its bound (the check's detail), anchored on the export's manifest."""
+    lines = []
+    for c in checks:
+        if c.passed:
+            continue
+        title = f"dtconvert verify: {c.artifact} ({c.runtime})"
+        lines.append(f"::error file={_escape_property(manifest)},title={_escape_property(title)}::"
+                     + _escape_data(f"{c.artifact} · {c.runtime} · {c.check}: {c.detail}"))
+    return lines
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def github_summary(checks: list[Check], export_dir: str, samples: int, data: str) -> str:
+    """A Markdown section for ``$GITHUB_STEP_SUMMARY``: failed checks first, then every check."""
+    failed = [c for c in checks if not c.passed]
+    verdict = f"**{len(failed)} of {len(checks)} checks failed**" if failed else f"all {len(checks)} checks passed"
+    lines = [f"### dtconvert verify `{export_dir}`", "", f"{verdict} on {samples} images ({_cell(data)})", "",
+             "| | artifact | runtime | check | measured |", "|---|---|---|---|---|"]
+    for c in sorted(checks, key=lambda c: c.passed):
+        lines.append(f"| {'✅' if c.passed else '❌'} | `{_cell(c.artifact)}` | {_cell(c.runtime)} | {_cell(c.check)} | {_cell(c.detail)} |")
+    return "\n".join(lines) + "\n\n"
+
+
+@contextlib.contextmanager
+def quiet_native() -> Iterator[None]:
+    """Hold back what native code writes to file descriptors 1 and 2 for the duration (ExecuTorch's
+    runtime logs its CPU probing at load time); it is dropped, as the caller turns a failure into one
+    sentence of its own."""
+    import tempfile
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
