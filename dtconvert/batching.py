@@ -80,7 +80,7 @@ class MicroBatcher:
                     break
                 try:
                     job = await asyncio.wait_for(self.queue.get(), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             if images + len(job.wire) > self.max_batch:
                 self._carry = job  # starts the next batch; a batch never exceeds max_batch
@@ -108,8 +108,12 @@ class MicroBatcher:
             row = 0
             for j in jobs:
                 n = len(j.wire)
-                timing = {"queue_ms": round((started - j.queued) * 1000.0, 3), "decode_ms": round(decode_ms, 3), "batch_images": len(wire),
-                          "batch_models": len(set(map(id, owners)))}
+                timing = {
+                    "queue_ms": round((started - j.queued) * 1000.0, 3),
+                    "decode_ms": round(decode_ms, 3),
+                    "batch_images": len(wire),
+                    "batch_models": len(set(map(id, owners))),
+                }
                 if not j.future.done():  # the client may have gone away
                     j.future.set_result((probs[row : row + n], timing))
                 row += n

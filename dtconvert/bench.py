@@ -34,7 +34,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -49,12 +49,16 @@ TORCHSCRIPT_ENCODER = "TorchScript fp32 (export's reference encoder)"
 DECODER = "TorchScript cloud decoder"
 RUNTIME_LABELS = {"executorch": "ExecuTorch XNNPACK", "tflite": "LiteRT XNNPACK"}
 RESIZE_TOLERANCE = 1e-4  # a resized LiteRT interpreter must match batch-1 calls this closely
-MEMORY_MEASURES = ("peak resident set (VmHWM, reset via /proc/self/clear_refs) while loading and running warm-up + timed "
-                   "calls at 1 thread, minus the resident set just before loading; fresh process per runtime and batch "
-                   "with only that runtime imported")
-MEMORY_MEASURES_FALLBACK = ("increase of the process's peak resident set (ru_maxrss) while loading and running warm-up + timed "
-                            "calls at 1 thread; fresh process per runtime and batch with only that runtime imported "
-                            "(/proc/self/clear_refs was not writable, so a peak reached while importing can hide part of it)")
+MEMORY_MEASURES = (
+    "peak resident set (VmHWM, reset via /proc/self/clear_refs) while loading and running warm-up + timed "
+    "calls at 1 thread, minus the resident set just before loading; fresh process per runtime and batch "
+    "with only that runtime imported"
+)
+MEMORY_MEASURES_FALLBACK = (
+    "increase of the process's peak resident set (ru_maxrss) while loading and running warm-up + timed "
+    "calls at 1 thread; fresh process per runtime and batch with only that runtime imported "
+    "(/proc/self/clear_refs was not writable, so a peak reached while importing can hide part of it)"
+)
 VERSIONED_TOOLS = ("torch", "executorch", "ai-edge-litert", "tensorflow", "coremltools", "numpy")
 
 
@@ -99,9 +103,17 @@ def machine_info() -> dict:
     from dtconvert import __version__
 
     environment = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS") if k in os.environ}
-    return {"cpus": os.cpu_count() or 1, "usable_cpus": usable, "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
-            "environment": environment, "cpu_model": model, "system": platform.platform(),
-            "python": platform.python_version(), "dtconvert": __version__, "tools": tools}
+    return {
+        "cpus": os.cpu_count() or 1,
+        "usable_cpus": usable,
+        "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
+        "environment": environment,
+        "cpu_model": model,
+        "system": platform.platform(),
+        "python": platform.python_version(),
+        "dtconvert": __version__,
+        "tools": tools,
+    }
 
 
 # ---- running one configuration -------------------------------------------------------------
@@ -289,8 +301,11 @@ def probe_memory(spec: dict, inputs_path: str, calls: int) -> dict:
     for _ in range(calls):
         run()
     peak = _status_kib("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"peak_rss_increase_bytes": max(0, peak - before) * 1024, "peak_rss_bytes": peak * 1024,
-            "measures": MEMORY_MEASURES if exact else MEMORY_MEASURES_FALLBACK}
+    return {
+        "peak_rss_increase_bytes": max(0, peak - before) * 1024,
+        "peak_rss_bytes": peak * 1024,
+        "measures": MEMORY_MEASURES if exact else MEMORY_MEASURES_FALLBACK,
+    }
 
 
 def measure_memory(plan: Plan, inputs_path: Path, calls: int) -> dict:
@@ -317,18 +332,27 @@ def find_checkpoint(manifest: dict, export_dir: Path, given: Path | None) -> tup
         if not given.is_file():
             raise UserError(f"{given}: no such checkpoint file")
         if sha256_file(given) != recorded["sha256"]:
-            raise UserError(f"{given}: is not the checkpoint {export_dir} was exported from (its sha256 differs from the manifest's model.checkpoint)")
+            raise UserError(
+                f"{given}: is not the checkpoint {export_dir} was exported from (its sha256 differs from the manifest's model.checkpoint)"
+            )
         return given, f"checkpoint {given} (given; sha256 matches the manifest)"
     name = recorded["file"]
     model = manifest["model"]["name"]  # `dtconvert demo` keeps OUT/digits/ckpt.pt beside OUT/export/digits
-    candidates = [export_dir / name, export_dir.parent / name, Path.cwd() / name,
-                  export_dir.parent / model / name, export_dir.parent.parent / model / name]
+    candidates = [
+        export_dir / name,
+        export_dir.parent / name,
+        Path.cwd() / name,
+        export_dir.parent / model / name,
+        export_dir.parent.parent / model / name,
+    ]
     for candidate in candidates:
         if candidate.is_file() and sha256_file(candidate) == recorded["sha256"]:
             return candidate, f"checkpoint {candidate} (found beside the export; sha256 matches the manifest)"
-    return None, (f"the checkpoint {name} (sha256 {recorded['sha256'][:16]}…) was not found beside the export; pass --checkpoint: "
-                  "the eager baseline is the export's TorchScript reference encoder instead, and ExecuTorch runs batches "
-                  "above 1 as B × batch-1 calls")
+    return None, (
+        f"the checkpoint {name} (sha256 {recorded['sha256'][:16]}…) was not found beside the export; pass --checkpoint: "
+        "the eager baseline is the export's TorchScript reference encoder instead, and ExecuTorch runs batches "
+        "above 1 as B × batch-1 calls"
+    )
 
 
 def calibration_for(ckpt: dict, manifest: dict) -> np.ndarray:
@@ -380,8 +404,10 @@ def _load_exports(export_dirs: list[Path]) -> list[tuple[Path, dict]]:
     first_dir, first = exports[0]
     for export_dir, manifest in exports[1:]:
         if manifest["model"]["id"] != first["model"]["id"]:
-            raise UserError(f"{export_dir}: exports model {manifest['model']['id']} but {first_dir} exports {first['model']['id']}; "
-                            "bench compares the artifacts of one checkpoint")
+            raise UserError(
+                f"{export_dir}: exports model {manifest['model']['id']} but {first_dir} exports {first['model']['id']}; "
+                "bench compares the artifacts of one checkpoint"
+            )
     for export_dir, manifest in exports:
         for entry in manifest["artifacts"]:
             if not (export_dir / entry["path"]).exists():
@@ -391,9 +417,17 @@ def _load_exports(export_dirs: list[Path]) -> list[tuple[Path, dict]]:
     return exports
 
 
-def run_bench(export_dirs: list[Path], threads: list[int], batches: list[int], runs: int, warmup: int = 5,
-              checkpoint: Path | None = None, memory: bool = True, log: Callable[[str], None] = print,
-              command: str | None = None) -> dict:
+def run_bench(
+    export_dirs: list[Path],
+    threads: list[int],
+    batches: list[int],
+    runs: int,
+    warmup: int = 5,
+    checkpoint: Path | None = None,
+    memory: bool = True,
+    log: Callable[[str], None] = print,
+    command: str | None = None,
+) -> dict:
     """Benchmark every device artifact of ``export_dirs`` (exports of one checkpoint); return the report."""
     import torch
 
@@ -433,7 +467,9 @@ def run_bench(export_dirs: list[Path], threads: list[int], batches: list[int], r
         plans, coreml, calibration = _plan(exports, ckpt, ckpt_path, batches, work, notes, log)
         for b in batches:
             if not any(p.batch == b and p.role == "baseline" for p in plans[b]):
-                raise UserError(f"{first_dir}: no checkpoint and no reference model in the export, so there is no fp32 baseline to compare with")
+                raise UserError(
+                    f"{first_dir}: no checkpoint and no reference model in the export, so there is no fp32 baseline to compare with"
+                )
 
         # Sanity: every runtime computes the same function (cosine against fp32 at each batch).
         torch.set_num_threads(threads[0])
@@ -474,19 +510,31 @@ def run_bench(export_dirs: list[Path], threads: list[int], batches: list[int], r
                 base = stats[next(p.key for p in plans[b] if p.role == "baseline")]
                 for plan in plans[b]:
                     s = stats[plan.key]
-                    results.append({
-                        "runtime": plan.key, "role": plan.role, "kind": plan.kind, "precision": plan.precision,
-                        "artifact": plan.artifact, "export_dir": plan.export_dir, "batch": b, "threads": t,
-                        "threads_set": _threads_note(plan.kind, t, effective), "how": plan.how, **s,
-                        "images_per_s": b * 1000.0 / s["median_ms"],
-                        "ratio_to_eager_fp32": None if plan.role == "cloud" else s["median_ms"] / base["median_ms"],
-                        "artifact_bytes": plan.artifact_bytes,
-                        "delegate_partitions": None if plan.delegation is None else plan.delegation["partitions"],
-                        "ops_outside_delegate": None if plan.delegation is None else sum(plan.delegation["ops_outside_delegate"].values()),
-                        "wire_bytes_per_image": None if plan.role == "cloud" else wire_bytes,
-                        "cosine_vs_fp32": None if plan.role == "cloud" else round(agreement[(plan.key, b)], 6),
-                        "notes": plan.notes,
-                    })
+                    results.append(
+                        {
+                            "runtime": plan.key,
+                            "role": plan.role,
+                            "kind": plan.kind,
+                            "precision": plan.precision,
+                            "artifact": plan.artifact,
+                            "export_dir": plan.export_dir,
+                            "batch": b,
+                            "threads": t,
+                            "threads_set": _threads_note(plan.kind, t, effective),
+                            "how": plan.how,
+                            **s,
+                            "images_per_s": b * 1000.0 / s["median_ms"],
+                            "ratio_to_eager_fp32": None if plan.role == "cloud" else s["median_ms"] / base["median_ms"],
+                            "artifact_bytes": plan.artifact_bytes,
+                            "delegate_partitions": None if plan.delegation is None else plan.delegation["partitions"],
+                            "ops_outside_delegate": None
+                            if plan.delegation is None
+                            else sum(plan.delegation["ops_outside_delegate"].values()),
+                            "wire_bytes_per_image": None if plan.role == "cloud" else wire_bytes,
+                            "cosine_vs_fp32": None if plan.role == "cloud" else round(agreement[(plan.key, b)], 6),
+                            "notes": plan.notes,
+                        }
+                    )
         memory_rows = []
         if memory:
             calls_per_probe = max(3, min(runs, 10))
@@ -509,23 +557,29 @@ def run_bench(export_dirs: list[Path], threads: list[int], batches: list[int], r
     return {
         "format": BENCH_FORMAT,
         "format_version": BENCH_VERSION,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": command,
-        "model": {"name": first["model"]["name"], "id": first["model"]["id"],
-                  "checkpoint": None if ckpt_path is None else str(ckpt_path)},
+        "model": {"name": first["model"]["name"], "id": first["model"]["id"], "checkpoint": None if ckpt_path is None else str(ckpt_path)},
         "exports": [{"path": str(d), "precision": m["precision"]} for d, m in exports],
         "machine": {**machine, "load_average_1_5_15_after": [round(v, 2) for v in os.getloadavg()]},
-        "settings": {"threads": threads, "batches": batches, "runs": runs, "warmup": warmup,
-                     "order": "round-robin over the runtimes of one (batch, threads) configuration, the first runtime rotating each round",
-                     "percentile": "numpy linear interpolation", "inputs": "the export's golden inputs, repeated to the batch size",
-                     "calibration_images": None if calibration is None else len(calibration)},
+        "settings": {
+            "threads": threads,
+            "batches": batches,
+            "runs": runs,
+            "warmup": warmup,
+            "order": "round-robin over the runtimes of one (batch, threads) configuration, the first runtime rotating each round",
+            "percentile": "numpy linear interpolation",
+            "inputs": "the export's golden inputs, repeated to the batch size",
+            "calibration_images": None if calibration is None else len(calibration),
+        },
         "threads_effective": threads_effective,
-        "wire": {"shape": first["wire"]["shape"], "dtype": "int8", "bytes_per_image": wire_bytes,
-                 "communication": first["communication"]},
+        "wire": {"shape": first["wire"]["shape"], "dtype": "int8", "bytes_per_image": wire_bytes, "communication": first["communication"]},
         "results": results,
         "memory": memory_rows,
-        "memory_measures": next((m["measures"] for m in memory_rows if m["peak_rss_increase_bytes"] is not None),
-                                "not measured" + (" (--no-memory)" if not memory else "")),
+        "memory_measures": next(
+            (m["measures"] for m in memory_rows if m["peak_rss_increase_bytes"] is not None),
+            "not measured" + (" (--no-memory)" if not memory else ""),
+        ),
         "coreml": coreml,
         "notes": notes,
     }
@@ -539,7 +593,9 @@ def _threads_note(kind: str, threads: int, effective: dict) -> str:
     return f"Interpreter(num_threads={threads})"
 
 
-def _plan(exports, ckpt, ckpt_path, batches, work: Path, notes: list[str], log) -> tuple[dict[int, list[Plan]], list[dict], np.ndarray | None]:
+def _plan(
+    exports, ckpt, ckpt_path, batches, work: Path, notes: list[str], log
+) -> tuple[dict[int, list[Plan]], list[dict], np.ndarray | None]:
     """What runs at each batch size: baseline, each device artifact, the cloud decoder; plus Core ML rows."""
     from dtconvert.verify import measure_delegation
 
@@ -554,8 +610,17 @@ def _plan(exports, ckpt, ckpt_path, batches, work: Path, notes: list[str], log) 
             plans[b].append(Plan(EAGER, "baseline", "eager", "fp32", b, str(ckpt_path), f"one call at batch {b}"))
         else:
             reference = next(e for e in first["artifacts"] if e["target"] == "reference")
-            plans[b].append(Plan(TORCHSCRIPT_ENCODER, "baseline", "torchscript-encoder", "fp32", b, str(first_dir / reference["path"]),
-                                 f"one call at batch {b}"))
+            plans[b].append(
+                Plan(
+                    TORCHSCRIPT_ENCODER,
+                    "baseline",
+                    "torchscript-encoder",
+                    "fp32",
+                    b,
+                    str(first_dir / reference["path"]),
+                    f"one call at batch {b}",
+                )
+            )
     coreml = []
     for export_dir, manifest in exports:
         for entry in manifest["artifacts"]:
@@ -564,24 +629,52 @@ def _plan(exports, ckpt, ckpt_path, batches, work: Path, notes: list[str], log) 
             path = export_dir / entry["path"]
             if entry["target"] == "coreml":
                 ops = entry.get("details", {}).get("ops", {})
-                coreml.append({"artifact": entry["path"], "export_dir": str(export_dir), "precision": entry["precision"],
-                               "bytes": entry["bytes"], "ops": ops, "ops_total": int(sum(ops.values())),
-                               "wire_bytes_per_image": manifest["wire"]["bytes_per_image"],
-                               "timed": False,
-                               "note": f"not timed: Core ML predicts only on macOS (this host: {platform.system()}); size and MIL op counts from the manifest"})
+                coreml.append(
+                    {
+                        "artifact": entry["path"],
+                        "export_dir": str(export_dir),
+                        "precision": entry["precision"],
+                        "bytes": entry["bytes"],
+                        "ops": ops,
+                        "ops_total": int(sum(ops.values())),
+                        "wire_bytes_per_image": manifest["wire"]["bytes_per_image"],
+                        "timed": False,
+                        "note": f"not timed: Core ML predicts only on macOS (this host: {platform.system()}); size and MIL op counts from the manifest",
+                    }
+                )
                 continue
             label = f"{RUNTIME_LABELS[entry['target']]} {entry['precision']}"
             try:
                 shipped = measure_delegation(path, entry["target"])
-                build_call({"kind": "executorch" if entry["target"] == "executorch" else "litert", "path": str(path), "batch": 1,
-                            "loop": False, "extra": {}}, 1, images)()
+                build_call(
+                    {
+                        "kind": "executorch" if entry["target"] == "executorch" else "litert",
+                        "path": str(path),
+                        "batch": 1,
+                        "loop": False,
+                        "extra": {},
+                    },
+                    1,
+                    images,
+                )()
             except Exception as e:  # bytes that match the manifest but the runtime cannot read
                 raise unloadable(path, RUNTIME_LABELS[entry["target"]], e) from None
             structure = _structure_note(entry["target"], shipped)
             for b in batches:
-                plan = Plan(label, "device", "executorch" if entry["target"] == "executorch" else "litert", entry["precision"], b,
-                            str(path), "one call at batch 1", artifact=entry["path"], artifact_bytes=entry["bytes"],
-                            export_dir=str(export_dir), notes=[structure], delegation=shipped)
+                plan = Plan(
+                    label,
+                    "device",
+                    "executorch" if entry["target"] == "executorch" else "litert",
+                    entry["precision"],
+                    b,
+                    str(path),
+                    "one call at batch 1",
+                    artifact=entry["path"],
+                    artifact_bytes=entry["bytes"],
+                    export_dir=str(export_dir),
+                    notes=[structure],
+                    delegation=shipped,
+                )
                 if b > 1 and entry["target"] == "executorch":
                     if ckpt is not None and calibration is None and calibration_problem is None and entry["precision"] != "fp32":
                         try:
@@ -595,8 +688,13 @@ def _plan(exports, ckpt, ckpt_path, batches, work: Path, notes: list[str], log) 
                         log(f"lowering {label} at batch {b} from the checkpoint")
                         relowered = work / f"et_{len(quantized)}_{entry['precision']}_b{b}.pte"
                         quantized[str(path)] = lower_executorch(
-                            ckpt, entry["precision"], b, calibration if calibration is not None else images, relowered,
-                            quantized=quantized.get(str(path)))
+                            ckpt,
+                            entry["precision"],
+                            b,
+                            calibration if calibration is not None else images,
+                            relowered,
+                            quantized=quantized.get(str(path)),
+                        )
                         plan.path = str(relowered)
                         plan.how = f"re-lowered at batch {b} from the checkpoint"
                         plan.delegation = measure_delegation(relowered, "executorch")
@@ -614,9 +712,21 @@ def _plan(exports, ckpt, ckpt_path, batches, work: Path, notes: list[str], log) 
         decoder = next((e for e in manifest["artifacts"] if e["target"] == "torchscript"), None)
         if decoder is not None and (work / f"wire_b{batches[0]}.npy").is_file():
             for b in batches:
-                plans[b].append(Plan(DECODER, "cloud", "decoder", "fp32", b, str(export_dir / decoder["path"]), f"one call at batch {b}",
-                                     artifact=decoder["path"], artifact_bytes=decoder["bytes"], export_dir=str(export_dir),
-                                     extra={"scale": manifest["wire"]["scale"], "zero_point": manifest["wire"]["zero_point"]}))
+                plans[b].append(
+                    Plan(
+                        DECODER,
+                        "cloud",
+                        "decoder",
+                        "fp32",
+                        b,
+                        str(export_dir / decoder["path"]),
+                        f"one call at batch {b}",
+                        artifact=decoder["path"],
+                        artifact_bytes=decoder["bytes"],
+                        export_dir=str(export_dir),
+                        extra={"scale": manifest["wire"]["scale"], "zero_point": manifest["wire"]["zero_point"]},
+                    )
+                )
     for b in batches:  # one label per runtime and batch, even when two exports hold the same target and precision
         seen: dict[str, int] = {}
         for plan in plans[b]:
@@ -693,7 +803,9 @@ def validate_report(report: dict, check_files: bool = True) -> list[str]:
         elif r["role"] != "cloud":
             want = r["median_ms"] / base["median_ms"]
             if r["ratio_to_eager_fp32"] is None or not _close(r["ratio_to_eager_fp32"], want, 1e-6):
-                problems.append(f"{name}: ratio_to_eager_fp32 {r['ratio_to_eager_fp32']} is not its median / the baseline's median ({want:.6g})")
+                problems.append(
+                    f"{name}: ratio_to_eager_fp32 {r['ratio_to_eager_fp32']} is not its median / the baseline's median ({want:.6g})"
+                )
     manifests: dict[str, dict] = {}
     for export in report["exports"]:
         path = Path(export["path"]) / "manifest.json"
@@ -711,12 +823,16 @@ def validate_report(report: dict, check_files: bool = True) -> list[str]:
     rows = [*(r for r in report["results"] if r["artifact"] is not None), *report["coreml"]]
     for r in rows:
         if r.get("role") != "cloud" and r.get("wire_bytes_per_image") != wire_bytes:
-            problems.append(f"{r.get('runtime', r['artifact'])}: wire_bytes_per_image {r.get('wire_bytes_per_image')} differs from the report's {wire_bytes}")
+            problems.append(
+                f"{r.get('runtime', r['artifact'])}: wire_bytes_per_image {r.get('wire_bytes_per_image')} differs from the report's {wire_bytes}"
+            )
         manifest = manifests.get(r["export_dir"])
         if manifest is None:
             continue
         if r.get("role") != "cloud" and manifest["wire"]["bytes_per_image"] != r["wire_bytes_per_image"]:
-            problems.append(f"{r['artifact']}: wire_bytes_per_image {r['wire_bytes_per_image']} differs from the manifest's {manifest['wire']['bytes_per_image']}")
+            problems.append(
+                f"{r['artifact']}: wire_bytes_per_image {r['wire_bytes_per_image']} differs from the manifest's {manifest['wire']['bytes_per_image']}"
+            )
         entry = next((e for e in manifest["artifacts"] if e["path"] == r["artifact"]), None)
         size_key = "artifact_bytes" if "artifact_bytes" in r else "bytes"
         if entry is None:
@@ -739,20 +855,26 @@ def _size_on_disk(path: Path) -> int | None:
 
 def markdown_tables(report: dict) -> str:
     """The report as markdown tables (latency per configuration; Core ML; memory)."""
-    lines = ["| runtime | batch | threads | how | median ms | p90 ms | img/s | × eager fp32 | XNNPACK partitions | artifact B | wire B/img | peak RSS Δ |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| runtime | batch | threads | how | median ms | p90 ms | img/s | × eager fp32 | XNNPACK partitions | artifact B | wire B/img | peak RSS Δ |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in report["results"]:
         ratio = "—" if r["ratio_to_eager_fp32"] is None else f"{r['ratio_to_eager_fp32']:.3f}"
         size = "—" if r["artifact_bytes"] is None else f"{r['artifact_bytes']:,}"
         wire = "—" if r["wire_bytes_per_image"] is None else f"{r['wire_bytes_per_image']:,}"
         rss = "—" if r.get("peak_rss_increase_bytes") is None else f"{r['peak_rss_increase_bytes'] / 2**20:.1f} MiB"
-        lines.append(f"| {r['runtime']} | {r['batch']} | {r['threads']} | {r['how']} | {r['median_ms']:.3f} | {r['p90_ms']:.3f} | "
-                     f"{r['images_per_s']:.0f} | {ratio} | {_partitions(r)} | {size} | {wire} | {rss} |")
+        lines.append(
+            f"| {r['runtime']} | {r['batch']} | {r['threads']} | {r['how']} | {r['median_ms']:.3f} | {r['p90_ms']:.3f} | "
+            f"{r['images_per_s']:.0f} | {ratio} | {_partitions(r)} | {size} | {wire} | {rss} |"
+        )
     if report["coreml"]:
         lines += ["", "| Core ML artifact | precision | bytes | MIL ops | wire B/img | note |", "|---|---|---|---|---|---|"]
         for c in report["coreml"]:
             top = ", ".join(f"{k} {v}" for k, v in sorted(c["ops"].items(), key=lambda kv: -kv[1])[:6])
-            lines.append(f"| {c['artifact']} | {c['precision']} | {c['bytes']:,} | {c['ops_total']} ({top}, …) | {c['wire_bytes_per_image']:,} | {c['note']} |")
+            lines.append(
+                f"| {c['artifact']} | {c['precision']} | {c['bytes']:,} | {c['ops_total']} ({top}, …) | {c['wire_bytes_per_image']:,} | {c['note']} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -770,17 +892,48 @@ def rich_table(report: dict):
     from rich.table import Table
 
     table = Table(title=escape(f"dtconvert bench: {report['model']['name']} ({report['settings']['runs']} runs, interleaved)"))
-    for column in ("runtime", "batch", "threads", "median ms", "p90 ms", "img/s", "× eager", "partitions", "artifact B", "wire B/img", "peak RSS Δ"):
+    for column in (
+        "runtime",
+        "batch",
+        "threads",
+        "median ms",
+        "p90 ms",
+        "img/s",
+        "× eager",
+        "partitions",
+        "artifact B",
+        "wire B/img",
+        "peak RSS Δ",
+    ):
         table.add_column(column, justify="left" if column == "runtime" else "right")
     for r in report["results"]:
-        table.add_row(escape(r["runtime"]), str(r["batch"]), str(r["threads"]), f"{r['median_ms']:.3f}", f"{r['p90_ms']:.3f}",
-                      f"{r['images_per_s']:,.0f}", "—" if r["ratio_to_eager_fp32"] is None else f"{r['ratio_to_eager_fp32']:.3f}",
-                      _partitions(r), "—" if r["artifact_bytes"] is None else f"{r['artifact_bytes']:,}",
-                      "—" if r["wire_bytes_per_image"] is None else f"{r['wire_bytes_per_image']:,}",
-                      "—" if r.get("peak_rss_increase_bytes") is None else f"{r['peak_rss_increase_bytes'] / 2**20:.1f} MiB")
+        table.add_row(
+            escape(r["runtime"]),
+            str(r["batch"]),
+            str(r["threads"]),
+            f"{r['median_ms']:.3f}",
+            f"{r['p90_ms']:.3f}",
+            f"{r['images_per_s']:,.0f}",
+            "—" if r["ratio_to_eager_fp32"] is None else f"{r['ratio_to_eager_fp32']:.3f}",
+            _partitions(r),
+            "—" if r["artifact_bytes"] is None else f"{r['artifact_bytes']:,}",
+            "—" if r["wire_bytes_per_image"] is None else f"{r['wire_bytes_per_image']:,}",
+            "—" if r.get("peak_rss_increase_bytes") is None else f"{r['peak_rss_increase_bytes'] / 2**20:.1f} MiB",
+        )
     for c in report["coreml"]:
-        table.add_row(escape(f"Core ML {c['precision']} (not run)"), "—", "—", "—", "—", "—", "—", "—", f"{c['bytes']:,}",
-                      f"{c['wire_bytes_per_image']:,}", "—")
+        table.add_row(
+            escape(f"Core ML {c['precision']} (not run)"),
+            "—",
+            "—",
+            "—",
+            "—",
+            "—",
+            "—",
+            "—",
+            f"{c['bytes']:,}",
+            f"{c['wire_bytes_per_image']:,}",
+            "—",
+        )
     return table
 
 
@@ -815,17 +968,37 @@ def plot_report(report: dict, path: Path) -> None:
     colors = plt.get_cmap("tab10")
     for ax, t in zip(axes[0], threads):
         for i, runtime in enumerate(runtimes):
-            rows = [(j, r) for j, b in enumerate(batches) for r in report["results"]
-                    if r["runtime"] == runtime and r["batch"] == b and r["threads"] == t]
+            rows = [
+                (j, r)
+                for j, b in enumerate(batches)
+                for r in report["results"]
+                if r["runtime"] == runtime and r["batch"] == b and r["threads"] == t
+            ]
             xs = [j + (i - (len(runtimes) - 1) / 2) * width for j, _ in rows]
             ys = [r["median_ms"] / r["batch"] for _, r in rows]
             errs = [(r["p90_ms"] - r["median_ms"]) / r["batch"] for _, r in rows]
-            ax.bar(xs, ys, width, yerr=[[0] * len(errs), errs], capsize=2, color=colors(i % 10),
-                   label=runtime + (" (cloud)" if runtime == DECODER else ""))
+            ax.bar(
+                xs,
+                ys,
+                width,
+                yerr=[[0] * len(errs), errs],
+                capsize=2,
+                color=colors(i % 10),
+                label=runtime + (" (cloud)" if runtime == DECODER else ""),
+            )
             for x, (_, r) in zip(xs, rows):
                 if r["ratio_to_eager_fp32"] is not None:  # at the foot of the bar, clear of the whiskers
-                    ax.text(x, bottom * 1.15, f"{r['ratio_to_eager_fp32']:.2f}×", ha="center", va="bottom", rotation=90,
-                            fontsize=7, color="white", fontweight="bold")
+                    ax.text(
+                        x,
+                        bottom * 1.15,
+                        f"{r['ratio_to_eager_fp32']:.2f}×",
+                        ha="center",
+                        va="bottom",
+                        rotation=90,
+                        fontsize=7,
+                        color="white",
+                        fontweight="bold",
+                    )
         ax.set_yscale("log")
         ax.set_ylim(bottom, top)
         ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
@@ -833,8 +1006,11 @@ def plot_report(report: dict, path: Path) -> None:
         ax.set_ylabel("median latency per image, ms (whisker: p90)")
         ax.grid(axis="y", which="both", alpha=0.3)
     machine = report["machine"]
-    fig.suptitle(f"dtconvert bench: {report['model']['name']} · {machine['usable_cpus']} CPUs, {machine['cpu_model']} · "
-                 f"{report['settings']['runs']} interleaved runs · bar labels: latency ÷ eager fp32 (same batch, threads)", fontsize=10)
+    fig.suptitle(
+        f"dtconvert bench: {report['model']['name']} · {machine['usable_cpus']} CPUs, {machine['cpu_model']} · "
+        f"{report['settings']['runs']} interleaved runs · bar labels: latency ÷ eager fp32 (same batch, threads)",
+        fontsize=10,
+    )
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     _save_figure(fig, path)

@@ -13,7 +13,6 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -88,9 +87,13 @@ def resolve_recipe(arg: str) -> Path:
 def train(
     recipe: str = typer.Argument(..., help=BUNDLED_RECIPES_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory; the checkpoint is written to OUT/ckpt.pt."),
-    init: Optional[Path] = typer.Option(None, "--init", help="Start from this checkpoint (needed by --tune device)."),
-    tune: Optional[str] = typer.Option(None, "--tune", help="'device': freeze the shared cloud, train the device half and new task heads. Default: the recipe's 'tune' key."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Override the recipe's epoch count."),
+    init: Path | None = typer.Option(None, "--init", help="Start from this checkpoint (needed by --tune device)."),
+    tune: str | None = typer.Option(
+        None,
+        "--tune",
+        help="'device': freeze the shared cloud, train the device half and new task heads. Default: the recipe's 'tune' key.",
+    ),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Override the recipe's epoch count."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Multi-task training balanced with GradNorm.
@@ -108,7 +111,6 @@ def train(
         raise UserError(f"{out}: --out exists and is not a directory")
 
     from dtconvert.output import console as make_console
-
     from dtconvert.train import train as run_training
 
     console = make_console(stderr=True)
@@ -119,8 +121,9 @@ def train(
 
 
 def _print_metrics(ckpt: dict, title: str) -> None:
-    from dtconvert.output import console as make_console
     from rich.table import Table
+
+    from dtconvert.output import console as make_console
 
     table = Table(title=title)
     for column in ("task", "classes", "held-out accuracy", "GradNorm weight", "final train loss"):
@@ -157,12 +160,16 @@ def info(
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
-    from dtconvert.output import console as make_console
     from rich.table import Table
+
+    from dtconvert.output import console as make_console
 
     table = Table(title=f"{report['kind']}: {report['source']}", show_header=False)
     params = report["parameters"]
-    table.add_row("parameters", f"device {params['device']:,} · cloud {params['cloud']:,} (heads {params['cloud_heads']:,}) · total {params['total']:,}")
+    table.add_row(
+        "parameters",
+        f"device {params['device']:,} · cloud {params['cloud']:,} (heads {params['cloud_heads']:,}) · total {params['total']:,}",
+    )
     table.add_row("tasks", ", ".join(f"{t['name']} ({t['classes']})" for t in report["tasks"]))
     pre = report["preprocessing"]
     table.add_row("device input", f"{report['input_shape']} {pre['layout']}, resize {pre['resize']}, mean {pre['mean']}, std {pre['std']}")
@@ -177,12 +184,20 @@ def info(
 def export(
     checkpoint: Path = typer.Argument(..., help="A checkpoint written by 'dtconvert train'."),
     target: str = typer.Option("all", "--target", "-t", help="executorch, coreml, tflite, a comma-separated list, or all."),
-    precision: str = typer.Option("int8", "--precision", help="int8: per runtime, the int8 scheme its CPU delegate runs whole and most faithfully "
-                                  "(ExecuTorch and LiteRT: int8 weights, activations quantized per call; Core ML: int8 weights). "
-                                  "int8-static: full-integer with calibrated activation scales, for NPUs. fp32: no quantization."),
-    calib: Optional[str] = typer.Option(None, "--calib", help="Calibration images: a count N taken from the checkpoint's training split (default 128), or a folder."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Export directory (default: ./export/<checkpoint stem>)."),
-    verify: bool = typer.Option(True, "--verify/--no-verify", help="Run 'dtconvert verify' on the export and record the results in the manifest."),
+    precision: str = typer.Option(
+        "int8",
+        "--precision",
+        help="int8: per runtime, the int8 scheme its CPU delegate runs whole and most faithfully "
+        "(ExecuTorch and LiteRT: int8 weights, activations quantized per call; Core ML: int8 weights). "
+        "int8-static: full-integer with calibrated activation scales, for NPUs. fp32: no quantization.",
+    ),
+    calib: str | None = typer.Option(
+        None, "--calib", help="Calibration images: a count N taken from the checkpoint's training split (default 128), or a folder."
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Export directory (default: ./export/<checkpoint stem>)."),
+    verify: bool = typer.Option(
+        True, "--verify/--no-verify", help="Run 'dtconvert verify' on the export and record the results in the manifest."
+    ),
 ) -> None:
     """Split a checkpoint into int8 device artifacts, a TorchScript cloud decoder and a manifest.
 
@@ -199,8 +214,11 @@ def export(
     verification = manifest["verification"]
     if verification is not None and not verification["passed"]:
         first = verification["failed"][0]
-        _fail(f"verification failed ({len(verification['failed'])} checks; first: {first['artifact']} {first['runtime']} "
-              f"{first['check']}: {first['detail']}); run 'dtconvert verify {export_dir}' for the full table", code=1)
+        _fail(
+            f"verification failed ({len(verification['failed'])} checks; first: {first['artifact']} {first['runtime']} "
+            f"{first['check']}: {first['detail']}); run 'dtconvert verify {export_dir}' for the full table",
+            code=1,
+        )
     if verification is not None:
         typer.echo(f"verified: {verification['checks']} checks passed on {verification['samples']} held-out images")
 
@@ -209,12 +227,16 @@ def export(
 @user_errors
 def verify_command(
     export_dir: Path = typer.Argument(..., help="A directory written by 'dtconvert export'."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Verify on these images instead (sub-folders named after the first task's labels give accuracy too)."),
+    data: Path | None = typer.Option(
+        None, "--data", help="Verify on these images instead (sub-folders named after the first task's labels give accuracy too)."
+    ),
     digits: bool = typer.Option(False, "--digits", help="Verify on the bundled digits' held-out split (models trained on digits)."),
-    json_report: Optional[Path] = typer.Option(None, "--json", help="Write every number to this JSON file."),
-    junit: Optional[Path] = typer.Option(None, "--junit", help="Write a JUnit XML report (one test case per artifact and check)."),
-    tolerance: Optional[Path] = typer.Option(None, "--tolerance", help="YAML file overriding the default bounds (target → precision → bound)."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Use only the first N held-out images."),
+    json_report: Path | None = typer.Option(None, "--json", help="Write every number to this JSON file."),
+    junit: Path | None = typer.Option(None, "--junit", help="Write a JUnit XML report (one test case per artifact and check)."),
+    tolerance: Path | None = typer.Option(
+        None, "--tolerance", help="YAML file overriding the default bounds (target → precision → bound)."
+    ),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Use only the first N held-out images."),
 ) -> None:
     """Accuracy parity of every artifact in its real runtime against the fp32 model: a CI gate.
 
@@ -223,20 +245,23 @@ def verify_command(
     Example: dtconvert verify export/ckpt --json verify.json --junit verify.xml
     """
     from dtconvert.output import console as make_console
-
     from dtconvert.verify import verify_export, write_reports
 
     if data is not None and digits:
         raise UserError("--data and --digits are alternatives; pass one")
     console = make_console(stderr=True)
-    report = verify_export(export_dir, data=data, digits=digits, tolerance_file=tolerance, limit=limit,
-                           log=lambda line: console.print(line, highlight=False))
+    report = verify_export(
+        export_dir, data=data, digits=digits, tolerance_file=tolerance, limit=limit, log=lambda line: console.print(line, highlight=False)
+    )
     write_reports(report, json_report, junit)
     _print_verify_table(report)
     _report_to_github(report)
     if not report.passed:
         failed = [c for c in report.checks if not c.passed]
-        _fail(f"{len(failed)} of {len(report.checks)} checks failed; first: {failed[0].artifact} {failed[0].runtime} {failed[0].check}: {failed[0].detail}", code=1)
+        _fail(
+            f"{len(failed)} of {len(report.checks)} checks failed; first: {failed[0].artifact} {failed[0].runtime} {failed[0].check}: {failed[0].detail}",
+            code=1,
+        )
     typer.echo(f"all {len(report.checks)} checks passed on {report.samples} images ({report.data})")
 
 
@@ -249,7 +274,9 @@ def verify_table(report):
     for column in ("artifact", "runtime", "check", "result", "measured"):
         table.add_column(column)
     for c in report.checks:
-        table.add_row(escape(c.artifact), escape(c.runtime), escape(c.check), "[green]pass[/]" if c.passed else "[red]FAIL[/]", escape(c.detail))
+        table.add_row(
+            escape(c.artifact), escape(c.runtime), escape(c.check), "[green]pass[/]" if c.passed else "[red]FAIL[/]", escape(c.detail)
+        )
     return table
 
 
@@ -281,22 +308,39 @@ def _report_to_github(report) -> None:
 @app.command()
 @user_errors
 def serve(
-    export_dirs: list[Path] = typer.Argument(..., help="Directories written by 'dtconvert export'. Several: one shared cloud trunk "
-                                             "serving every device variant, if their trunks are bit-identical (device tuning)."),
+    export_dirs: list[Path] = typer.Argument(
+        ...,
+        help="Directories written by 'dtconvert export'. Several: one shared cloud trunk "
+        "serving every device variant, if their trunks are bit-identical (device tuning).",
+    ),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface)."),
     port: int = typer.Option(8080, "--port", min=0, max=65535, help="TCP port (0: pick a free one and print it)."),
     max_batch: int = typer.Option(32, "--max-batch", min=1, help="Most images decoded together (1 turns micro-batching off)."),
     max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0.0, help="Longest wait for more requests after the first of a batch."),
-    max_queue: Optional[int] = typer.Option(None, "--max-queue", min=1, help="Most images waiting for the decoder; beyond it a request "
-                                            "gets 503 with Retry-After at once (default: 2 × max-batch)."),
+    max_queue: int | None = typer.Option(
+        None,
+        "--max-queue",
+        min=1,
+        help="Most images waiting for the decoder; beyond it a request gets 503 with Retry-After at once (default: 2 × max-batch).",
+    ),
     max_connections: int = typer.Option(1000, "--max-connections", min=1, help="Most open connections; beyond it 503 with Retry-After."),
-    max_body: Optional[int] = typer.Option(None, "--max-body-bytes", min=64, help="Largest accepted request body (default: header + max(4, max-batch) images)."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Decoder threads (default: one per core but one, left to the HTTP event loop)."),
-    tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="PEM certificate (chain): serve HTTPS. With --tls-key."),
-    tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert."),
-    token_file: Optional[Path] = typer.Option(None, "--token-file", help="File holding a bearer token required on /v1/* (/healthz and /metrics stay open)."),
-    client_timeout: float = typer.Option(10.0, "--client-timeout", min=0.1, help="Seconds a client has to send a request's head, "
-                                         "and its body; slower connections are closed (head) or answered 408 (body)."),
+    max_body: int | None = typer.Option(
+        None, "--max-body-bytes", min=64, help="Largest accepted request body (default: header + max(4, max-batch) images)."
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help="Decoder threads (default: one per core but one, left to the HTTP event loop)."
+    ),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", help="PEM certificate (chain): serve HTTPS. With --tls-key."),
+    tls_key: Path | None = typer.Option(None, "--tls-key", help="PEM private key of --tls-cert."),
+    token_file: Path | None = typer.Option(
+        None, "--token-file", help="File holding a bearer token required on /v1/* (/healthz and /metrics stay open)."
+    ),
+    client_timeout: float = typer.Option(
+        10.0,
+        "--client-timeout",
+        min=0.1,
+        help="Seconds a client has to send a request's head, and its body; slower connections are closed (head) or answered 408 (body).",
+    ),
 ) -> None:
     """Serve the cloud decoder over HTTP(S): POST /v1/decode, GET /healthz, /v1/model(s), /metrics, /openapi.json.
 
@@ -305,17 +349,27 @@ def serve(
     from dtconvert.server import ServeOptions, read_token
     from dtconvert.server import serve as run_server
 
-    options = ServeOptions(max_batch=max_batch, max_wait_ms=max_wait_ms, max_body_bytes=max_body, max_queue=max_queue,
-                           max_connections=max_connections, tls_cert=tls_cert, tls_key=tls_key,
-                           header_timeout=client_timeout, body_timeout=client_timeout,
-                           token=read_token(token_file) if token_file is not None else None)
+    options = ServeOptions(
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        max_body_bytes=max_body,
+        max_queue=max_queue,
+        max_connections=max_connections,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        header_timeout=client_timeout,
+        body_timeout=client_timeout,
+        token=read_token(token_file) if token_file is not None else None,
+    )
     run_server(export_dirs, host, port, options, threads, announce=lambda line: typer.echo(line))
 
 
 @app.command()
 @user_errors
 def cloud(
-    export_dirs: list[Path] = typer.Argument(..., help="Exports of device variants tuned from one checkpoint (bit-identical cloud trunks)."),
+    export_dirs: list[Path] = typer.Argument(
+        ..., help="Exports of device variants tuned from one checkpoint (bit-identical cloud trunks)."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Directory to write: triton/ (model repository) and cloud.json."),
 ) -> None:
     """Assemble a shared-cloud Triton repository: one trunk model with dynamic batching for every variant,
@@ -328,8 +382,10 @@ def cloud(
     description = write_cloud(export_dirs, out)
     for v in description["variants"]:
         typer.echo(f"{v['ensemble']}: tasks {', '.join(v['tasks'])}; heads {', '.join(v['heads'])}")
-    typer.echo(f"wrote {out / 'triton'} ({len(description['variants'])} variants, one trunk model) and {out / 'cloud.json'}; "
-               f"run: tritonserver --model-repository {out / 'triton'}")
+    typer.echo(
+        f"wrote {out / 'triton'} ({len(description['variants'])} variants, one trunk model) and {out / 'cloud.json'}; "
+        f"run: tritonserver --model-repository {out / 'triton'}"
+    )
 
 
 @app.command()
@@ -338,12 +394,20 @@ def client(
     export_dir: Path = typer.Argument(..., help="The export directory the server was started on."),
     target: str = typer.Option("executorch", "--target", "-t", help="Device runtime: executorch or tflite."),
     url: str = typer.Option("http://127.0.0.1:8080", "--url", help="The 'dtconvert serve' base URL."),
-    images: Optional[Path] = typer.Option(None, "--images", help="A folder of images (sub-folders named after the first task's labels give accuracy)."),
-    digits: Optional[int] = typer.Option(None, "--digits", min=1, help="Use the first N held-out digits (models trained on digits); accuracy per task."),
+    images: Path | None = typer.Option(
+        None, "--images", help="A folder of images (sub-folders named after the first task's labels give accuracy)."
+    ),
+    digits: int | None = typer.Option(
+        None, "--digits", min=1, help="Use the first N held-out digits (models trained on digits); accuracy per task."
+    ),
     top_k: int = typer.Option(3, "--top-k", min=1, help="Labels per task to ask for."),
-    json_report: Optional[Path] = typer.Option(None, "--json", help="Write every prediction and timing to this JSON file."),
-    token_file: Optional[Path] = typer.Option(None, "--token-file", help="File holding the server's bearer token (servers started with --token-file)."),
-    ca_file: Optional[Path] = typer.Option(None, "--ca-file", help="PEM certificate authority to trust for an https URL (default: the system's)."),
+    json_report: Path | None = typer.Option(None, "--json", help="Write every prediction and timing to this JSON file."),
+    token_file: Path | None = typer.Option(
+        None, "--token-file", help="File holding the server's bearer token (servers started with --token-file)."
+    ),
+    ca_file: Path | None = typer.Option(
+        None, "--ca-file", help="PEM certificate authority to trust for an https URL (default: the system's)."
+    ),
 ) -> None:
     """The reference device client: encode on-device, send the int8 wire, print the cloud's predictions.
     A 503 (server at capacity) is retried after its Retry-After, at most 3 times.
@@ -355,11 +419,9 @@ def client(
     if images is not None and not images.is_dir():
         raise UserError(f"--images {images}: not a directory")
 
-    from dtconvert.output import console as make_console
-
     from dtconvert.client import ServerError, client_images, run_client
     from dtconvert.manifest import load_manifest
-
+    from dtconvert.output import console as make_console
     from dtconvert.server import read_token
 
     console = make_console(stderr=True)
@@ -381,8 +443,9 @@ def client(
 
 
 def _print_client_report(report, manifest: dict) -> None:
-    from dtconvert.output import console as make_console
     from rich.table import Table
+
+    from dtconvert.output import console as make_console
 
     tasks = [t["name"] for t in manifest["tasks"]]
     console = make_console()
@@ -391,19 +454,23 @@ def _print_client_report(report, manifest: dict) -> None:
         for column in ("image", *tasks, "payload B", "device ms", "round trip ms"):
             table.add_column(column, justify="right" if column[0] in "pdr" else "left")
         for name, p, b, d, r in zip(report.images, report.predictions, report.payload_bytes, report.device_ms, report.rtt_ms):
-            table.add_row(name, *(f"{p[t][0]['label']} ({p[t][0]['score']:.2f})" if t in p else "-" for t in tasks),
-                          str(b), f"{d:.2f}", f"{r:.2f}")
+            table.add_row(
+                name, *(f"{p[t][0]['label']} ({p[t][0]['score']:.2f})" if t in p else "-" for t in tasks), str(b), f"{d:.2f}", f"{r:.2f}"
+            )
         console.print(table)
     s = report.summary()
     accuracy = ", ".join(f"{t} {a:.2%}" for t, a in s["accuracy"].items()) or "no labels"
-    typer.echo(f"{s['images']} images via {report.runtime}: accuracy {accuracy}; payload {s['payload_bytes']} B/image; "
-               f"device p50 {s['device_ms']['p50']:.2f} ms; round trip p50 {s['rtt_ms']['p50']:.2f} ms, "
-               f"p95 {s['rtt_ms']['p95']:.2f} ms (server p50 {s['server_ms']['p50']:.2f} ms)")
+    typer.echo(
+        f"{s['images']} images via {report.runtime}: accuracy {accuracy}; payload {s['payload_bytes']} B/image; "
+        f"device p50 {s['device_ms']['p50']:.2f} ms; round trip p50 {s['rtt_ms']['p50']:.2f} ms, "
+        f"p95 {s['rtt_ms']['p95']:.2f} ms (server p50 {s['server_ms']['p50']:.2f} ms)"
+    )
 
 
 def _print_export_summary(export_dir: Path, manifest: dict) -> None:
-    from dtconvert.output import console as make_console
     from rich.table import Table
+
+    from dtconvert.output import console as make_console
 
     table = Table(title=f"{export_dir}/manifest.json")
     for column in ("artifact", "part", "target", "precision", "bytes"):
@@ -413,8 +480,10 @@ def _print_export_summary(export_dir: Path, manifest: dict) -> None:
     console = make_console()
     console.print(table)
     wire, comm = manifest["wire"], manifest["communication"]
-    line = (f"wire tensor {wire['shape']} int8 (scale {wire['scale']:.5g}, zero point {wire['zero_point']}): "
-            f"{comm['wire_int8_bytes']:,} B/image vs {comm['device_input_uint8_bytes']:,} B uint8 device input")
+    line = (
+        f"wire tensor {wire['shape']} int8 (scale {wire['scale']:.5g}, zero point {wire['zero_point']}): "
+        f"{comm['wire_int8_bytes']:,} B/image vs {comm['device_input_uint8_bytes']:,} B uint8 device input"
+    )
     if "source_image_uint8_bytes" in comm:
         line += f", {comm['source_image_uint8_bytes']:,} B source image"
     line += f", {comm['unpooled_fp32_token_bytes']:,} B unpooled fp32 tokens"
@@ -434,16 +503,29 @@ def demo(
     Example: dtconvert demo
     """
     from dtconvert.output import console as make_console
-
     from dtconvert.recipe import load_recipe
 
     console = make_console(stderr=True)
     base_path, tuned_path = out / "digits" / "ckpt.pt", out / "digits-tune" / "ckpt.pt"
-    base = _demo_checkpoint(console, load_recipe(bundled_recipe_dir() / "digits.yaml"), base_path, None, retrain, quiet,
-                            "1. train digits (GradNorm over digit and odd)")
+    base = _demo_checkpoint(
+        console,
+        load_recipe(bundled_recipe_dir() / "digits.yaml"),
+        base_path,
+        None,
+        retrain,
+        quiet,
+        "1. train digits (GradNorm over digit and odd)",
+    )
     _print_metrics(base, title="digits: held-out metrics (fp32)")
-    tuned = _demo_checkpoint(console, load_recipe(bundled_recipe_dir() / "digits-tune.yaml"), tuned_path, base_path, retrain, quiet,
-                             "2. device-tune digits-tune from it: a new task (mod3), the cloud trunk frozen")
+    tuned = _demo_checkpoint(
+        console,
+        load_recipe(bundled_recipe_dir() / "digits-tune.yaml"),
+        tuned_path,
+        base_path,
+        retrain,
+        quiet,
+        "2. device-tune digits-tune from it: a new task (mod3), the cloud trunk frozen",
+    )
     _print_metrics(tuned, title="digits-tune: held-out metrics (fp32)")
 
     exports = []
@@ -457,20 +539,27 @@ def demo(
     console.rule("5. one shared cloud serves both variants on loopback; the reference client sends every held-out digit")
     reports = []
     with BackgroundServer([d for d, _ in exports]) as server:
-        console.print(f"dtconvert serve {' '.join(str(d) for d, _ in exports)} listening on {server.url} "
-                      f"(one trunk, {len(exports)} variants)", highlight=False)
+        console.print(
+            f"dtconvert serve {' '.join(str(d) for d, _ in exports)} listening on {server.url} (one trunk, {len(exports)} variants)",
+            highlight=False,
+        )
         for export_dir, manifest in exports:
             images, labels, names = client_images(export_dir, manifest, None, None)
             for target in ("executorch", "tflite"):
                 started = time.perf_counter()
                 reports.append((manifest, run_client(export_dir, target, server.url, images, labels, names)))
-                console.print(f"✓ {manifest['model']['name']} via {reports[-1][1].runtime}: {len(images)} requests "
-                              f"({time.perf_counter() - started:.1f} s)", highlight=False)
+                console.print(
+                    f"✓ {manifest['model']['name']} via {reports[-1][1].runtime}: {len(images)} requests "
+                    f"({time.perf_counter() - started:.1f} s)",
+                    highlight=False,
+                )
         served_ids = server.service.model_ids
     console.print("server stopped", highlight=False)
     _print_demo_table([m for _, m in exports], reports)
-    typer.echo(f"exports in {out / 'export'}; serve both with: dtconvert serve {' '.join(str(d) for d, _ in exports)} "
-               f"(model ids {', '.join(served_ids)})")
+    typer.echo(
+        f"exports in {out / 'export'}; serve both with: dtconvert serve {' '.join(str(d) for d, _ in exports)} "
+        f"(model ids {', '.join(served_ids)})"
+    )
 
 
 def _demo_checkpoint(console, recipe, path: Path, init: Path | None, retrain: bool, quiet: bool, title: str) -> dict:
@@ -510,9 +599,9 @@ def _demo_export(console, ckpt_path: Path, out: Path) -> tuple[Path, dict]:
 
 def _print_demo_table(manifests: list[dict], reports: list) -> None:
     """One row per variant and path from pixels to predictions: accuracy per task, bytes sent, latency."""
-    from dtconvert.output import console as make_console
     from rich.table import Table
 
+    from dtconvert.output import console as make_console
     from dtconvert.wire import header_size
 
     tasks = list(dict.fromkeys(t["name"] for m in manifests for t in m["tasks"]))
@@ -529,35 +618,61 @@ def _print_demo_table(manifests: list[dict], reports: list) -> None:
         for m, r in reports:
             if m is manifest:
                 s = r.summary()
-                table.add_row(name, f"{r.runtime.split()[0]} → HTTP", *cells(s["accuracy"]), str(s["payload_bytes"]),
-                              f"{s['device_ms']['p50']:.2f}", f"{s['rtt_ms']['p50']:.1f} / {s['rtt_ms']['p95']:.1f}")
+                table.add_row(
+                    name,
+                    f"{r.runtime.split()[0]} → HTTP",
+                    *cells(s["accuracy"]),
+                    str(s["payload_bytes"]),
+                    f"{s['device_ms']['p50']:.2f}",
+                    f"{s['rtt_ms']['p50']:.1f} / {s['rtt_ms']['p95']:.1f}",
+                )
         fp32 = None
         for per_runtime in manifest["verification"]["metrics"].values():
             for runtime, numbers in per_runtime.items():
                 fp32 = fp32 or {t: v.get("fp32_accuracy") for t, v in numbers["tasks"].items()}
                 if runtime.startswith(("MIL", "Core ML")):
                     message = header_size(len(manifest["wire"]["shape"])) + manifest["wire"]["bytes_per_image"]
-                    table.add_row(name, f"Core ML ({runtime})*", *cells({t: v["accuracy"] for t, v in numbers["tasks"].items()}),
-                                  str(message), "-", "-")
+                    table.add_row(
+                        name,
+                        f"Core ML ({runtime})*",
+                        *cells({t: v["accuracy"] for t, v in numbers["tasks"].items()}),
+                        str(message),
+                        "-",
+                        "-",
+                    )
         if fp32 is not None:
             table.add_row(name, "fp32, unsplit", *cells(fp32), "-", "-", "-")
     make_console().print(table)
-    typer.echo("device ms and round trip ms are medians (p50 / p95 for the round trip); bytes sent = wire header + int8 tensor;\n"
-               "— : a task the variant does not have. Both variants' rows came from one server process holding one trunk.\n"
-               "* Core ML predicts only on Apple hardware: here its MIL program ran in dtconvert's reference interpreter, in-process (dtconvert verify).")
+    typer.echo(
+        "device ms and round trip ms are medians (p50 / p95 for the round trip); bytes sent = wire header + int8 tensor;\n"
+        "— : a task the variant does not have. Both variants' rows came from one server process holding one trunk.\n"
+        "* Core ML predicts only on Apple hardware: here its MIL program ran in dtconvert's reference interpreter, in-process (dtconvert verify)."
+    )
 
 
 @app.command()
 @user_errors
 def bench(
-    export_dirs: list[Path] = typer.Argument(..., help="Directories written by 'dtconvert export' from one checkpoint (e.g. its int8 and fp32 exports)."),
+    export_dirs: list[Path] = typer.Argument(
+        ..., help="Directories written by 'dtconvert export' from one checkpoint (e.g. its int8 and fp32 exports)."
+    ),
     threads: str = typer.Option("1", "--threads", help="Thread counts, comma-separated."),
-    batch: str = typer.Option("1", "--batch", help="Batch sizes, comma-separated. Above 1, ExecuTorch is re-lowered at that batch from the checkpoint; LiteRT is resized if that is exact, else runs B batch-1 calls."),
+    batch: str = typer.Option(
+        "1",
+        "--batch",
+        help="Batch sizes, comma-separated. Above 1, ExecuTorch is re-lowered at that batch from the checkpoint; LiteRT is resized if that is exact, else runs B batch-1 calls.",
+    ),
     runs: int = typer.Option(30, "--runs", min=1, help="Timed runs per runtime and configuration, after the warm-up."),
     warmup: int = typer.Option(5, "--warmup", min=0, help="Untimed runs per runtime before timing."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="The checkpoint the export came from (default: looked for beside the export by the manifest's file name and sha256)."),
-    json_report: Optional[Path] = typer.Option(None, "--json", help="Write every number to this JSON file (schema: dtconvert/bench.schema.json)."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Draw latency per image and runtime to this PNG file."),
+    checkpoint: Path | None = typer.Option(
+        None,
+        "--checkpoint",
+        help="The checkpoint the export came from (default: looked for beside the export by the manifest's file name and sha256).",
+    ),
+    json_report: Path | None = typer.Option(
+        None, "--json", help="Write every number to this JSON file (schema: dtconvert/bench.schema.json)."
+    ),
+    plot: Path | None = typer.Option(None, "--plot", help="Draw latency per image and runtime to this PNG file."),
     memory: bool = typer.Option(True, "--memory/--no-memory", help="Measure peak memory per runtime in fresh subprocesses."),
 ) -> None:
     """Latency, size, wire bytes and peak memory of each device artifact in its own runtime vs eager fp32.
@@ -572,13 +687,24 @@ def bench(
     for export_dir in export_dirs:
         if not (export_dir / "manifest.json").is_file():
             raise UserError(f"{export_dir}: not an export directory (no manifest.json)")
+    from dtconvert.bench import how_lines, plot_report, rich_table, run_bench, validate_report, write_json
     from dtconvert.output import console as make_console
 
-    from dtconvert.bench import how_lines, plot_report, rich_table, run_bench, validate_report, write_json
-
     console = make_console(file=os.fdopen(os.dup(2), "w", buffering=1, closefd=True))
-    report = _quietly(lambda: run_bench(export_dirs, thread_counts, batches, runs, warmup=warmup, checkpoint=checkpoint, memory=memory,
-                                        log=lambda line: console.print(line, highlight=False), command=_command_line()), "bench")
+    report = _quietly(
+        lambda: run_bench(
+            export_dirs,
+            thread_counts,
+            batches,
+            runs,
+            warmup=warmup,
+            checkpoint=checkpoint,
+            memory=memory,
+            log=lambda line: console.print(line, highlight=False),
+            command=_command_line(),
+        ),
+        "bench",
+    )
     problems = validate_report(report)
     if json_report is not None:
         write_json(report, json_report)
@@ -596,15 +722,23 @@ def bench(
 @user_errors
 def sweep(
     recipe: str = typer.Argument(..., help=BUNDLED_RECIPES_HELP),
-    pool_at: Optional[str] = typer.Option(None, "--pool-at", help="Configurations, comma-separated: 'none', or the recipe's pool_at layers joined by '+' (default: none, then each prefix of the recipe's pool_at)."),
-    bottleneck: Optional[str] = typer.Option(None, "--bottleneck", help="Wire widths, comma-separated; 0 keeps device_dim (default: the recipe's)."),
+    pool_at: str | None = typer.Option(
+        None,
+        "--pool-at",
+        help="Configurations, comma-separated: 'none', or the recipe's pool_at layers joined by '+' (default: none, then each prefix of the recipe's pool_at).",
+    ),
+    bottleneck: str | None = typer.Option(
+        None, "--bottleneck", help="Wire widths, comma-separated; 0 keeps device_dim (default: the recipe's)."
+    ),
     wire: str = typer.Option("int8,fp32", "--wire", help="int8 (int8 .pte, int8 wire), fp32 (fp32 .pte, fp32 wire), or both."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs per configuration (default: a third of the recipe's)."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs per configuration (default: a third of the recipe's)."),
     batch: str = typer.Option("1,8", "--batch", help="Batch sizes at which ExecuTorch latency is measured, comma-separated."),
     runs: int = typer.Option(30, "--runs", min=1, help="Timed runs per configuration and batch size."),
     threads: int = typer.Option(1, "--threads", min=1, help="Threads for ExecuTorch's XNNPACK threadpool while timing."),
-    calib: Optional[str] = typer.Option(None, "--calib", help="Calibration images per int8 export, as for 'dtconvert export' (default 128)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: ./sweep/<recipe name>)."),
+    calib: str | None = typer.Option(
+        None, "--calib", help="Calibration images per int8 export, as for 'dtconvert export' (default 128)."
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output directory (default: ./sweep/<recipe name>)."),
 ) -> None:
     """Split-point analysis: train, export and measure each pooling and bottleneck configuration.
 
@@ -618,14 +752,28 @@ def sweep(
     wires, batches = parse_wire(wire), parse_counts(batch, "--batch")
     recipe_path = resolve_recipe(recipe)
     from dtconvert.output import console as make_console
-
     from dtconvert.recipe import load_recipe
     from dtconvert.sweep import markdown_table, run_sweep
 
     out = out if out is not None else Path("sweep") / load_recipe(recipe_path).name
     console = make_console(file=os.fdopen(os.dup(2), "w", buffering=1, closefd=True))
-    report = _quietly(lambda: run_sweep(recipe_path, pool_ats, bottlenecks, wires, epochs, batches, runs, out, threads=threads, calib=calib,
-                                        log=lambda line: console.print(line, highlight=False), command=_command_line()), "sweep")
+    report = _quietly(
+        lambda: run_sweep(
+            recipe_path,
+            pool_ats,
+            bottlenecks,
+            wires,
+            epochs,
+            batches,
+            runs,
+            out,
+            threads=threads,
+            calib=calib,
+            log=lambda line: console.print(line, highlight=False),
+            command=_command_line(),
+        ),
+        "sweep",
+    )
     typer.echo(markdown_table(report), nl=False)
     typer.echo(f"wrote {out}/sweep.json, sweep.csv, sweep.md, sweep.png and configs/")
 

@@ -39,8 +39,15 @@ class DecoderClient:
     PEM bundle to trust for https (the system's store otherwise). A 503 is retried after its
     ``Retry-After`` (capped at MAX_RETRY_WAIT s), at most ``retries`` times; no other status is."""
 
-    def __init__(self, url: str, timeout: float = 30.0, token: str | None = None, cafile: Path | None = None,
-                 retries: int = RETRIES, sleep=time.sleep) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 30.0,
+        token: str | None = None,
+        cafile: Path | None = None,
+        retries: int = RETRIES,
+        sleep=time.sleep,
+    ) -> None:
         import ssl
 
         parts = urlsplit(url)
@@ -85,7 +92,9 @@ class DecoderClient:
                     raise ServerError(f"{self.url}: the server closed the connection")
             except ssl.SSLError as e:
                 self.connection.close()
-                raise UserError(f"{self.url}: TLS failed ({e.reason or e}); pass --ca-file with the server's certificate authority") from None
+                raise UserError(
+                    f"{self.url}: TLS failed ({e.reason or e}); pass --ca-file with the server's certificate authority"
+                ) from None
             except (ConnectionRefusedError, OSError) as e:
                 self.connection.close()
                 raise UserError(f"cannot reach the decoder server at {self.url}: {e.strerror or e}") from None
@@ -140,7 +149,10 @@ class ClientReport:
             return round(float(np.percentile(values, q)), 3) if values else None
 
         return {
-            "target": self.target, "runtime": self.runtime, "url": self.url, "images": len(self.images),
+            "target": self.target,
+            "runtime": self.runtime,
+            "url": self.url,
+            "images": len(self.images),
             "accuracy": self.accuracy,
             "payload_bytes": int(np.median(self.payload_bytes)) if self.payload_bytes else None,
             "device_ms": {"p50": pct(self.device_ms, 50), "p95": pct(self.device_ms, 95)},
@@ -149,10 +161,13 @@ class ClientReport:
         }
 
     def to_json(self) -> dict:
-        return {"summary": self.summary(), "results": [
-            {"image": name, "predictions": p, "payload_bytes": b, "device_ms": round(d, 3), "rtt_ms": round(r, 3)}
-            for name, p, b, d, r in zip(self.images, self.predictions, self.payload_bytes, self.device_ms, self.rtt_ms)
-        ]}
+        return {
+            "summary": self.summary(),
+            "results": [
+                {"image": name, "predictions": p, "payload_bytes": b, "device_ms": round(d, 3), "rtt_ms": round(r, 3)}
+                for name, p, b, d, r in zip(self.images, self.predictions, self.payload_bytes, self.device_ms, self.rtt_ms)
+            ],
+        }
 
 
 def device_runner(export_dir: Path, manifest: dict, target: str):
@@ -203,8 +218,18 @@ def client_images(export_dir: Path, manifest: dict, folder: Path | None, digits:
     return images, labels, [f"held-out #{i}" for i in index[: len(images)]]
 
 
-def run_client(export_dir: Path, target: str, url: str, images: np.ndarray, labels: np.ndarray | None, names: list[str],
-               top_k: int = 3, progress=None, token: str | None = None, cafile: Path | None = None) -> ClientReport:
+def run_client(
+    export_dir: Path,
+    target: str,
+    url: str,
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    names: list[str],
+    top_k: int = 3,
+    progress=None,
+    token: str | None = None,
+    cafile: Path | None = None,
+) -> ClientReport:
     from dtconvert.manifest import load_manifest
     from dtconvert.quantize import quantize_wire
     from dtconvert.wire import encode_payload
@@ -217,8 +242,10 @@ def run_client(export_dir: Path, target: str, url: str, images: np.ndarray, labe
     try:
         served = client.model_ids()
         if model_id not in served:
-            raise UserError(f"{url} serves model {', '.join(served)}, but {export_dir} is model {model_id}; "
-                            "start the server on this export (several exports may share one server)")
+            raise UserError(
+                f"{url} serves model {', '.join(served)}, but {export_dir} is model {model_id}; "
+                "start the server on this export (several exports may share one server)"
+            )
         report = ClientReport(target, CLIENT_TARGETS[target], url, names)
         tasks = [t["name"] for t in manifest["tasks"]]
         for i in range(len(images)):

@@ -49,14 +49,19 @@ class Variant:
     heads: list[str] = field(default_factory=list)  # head key per task, in task order
 
     @classmethod
-    def from_manifest(cls, export_dir: Path, manifest: dict) -> "Variant":
+    def from_manifest(cls, export_dir: Path, manifest: dict) -> Variant:
         wire = manifest["wire"]
         return cls(
-            export_dir=export_dir, manifest=manifest, model_id=manifest["model"]["id"],
+            export_dir=export_dir,
+            manifest=manifest,
+            model_id=manifest["model"]["id"],
             tasks=[t["name"] for t in manifest["tasks"]],
             labels={t["name"]: [str(label) for label in t["labels"]] for t in manifest["tasks"]},
-            token_shape=tuple(wire["shape"][1:]), scale=float(np.float32(wire["scale"])), zero_point=int(wire["zero_point"]),
-            bytes_per_image=int(wire["bytes_per_image"]), header_bytes=header_size(len(wire["shape"])),
+            token_shape=tuple(wire["shape"][1:]),
+            scale=float(np.float32(wire["scale"])),
+            zero_point=int(wire["zero_point"]),
+            bytes_per_image=int(wire["bytes_per_image"]),
+            header_bytes=header_size(len(wire["shape"])),
         )
 
     @property
@@ -78,8 +83,14 @@ class Variant:
 
     def summary(self) -> dict:
         """One entry of ``GET /v1/models``."""
-        return {"id": self.model_id, "name": self.manifest["model"]["name"], "tasks": self.tasks,
-                "wire_shape": ["B", *self.token_shape], "scale": self.scale, "zero_point": self.zero_point}
+        return {
+            "id": self.model_id,
+            "name": self.manifest["model"]["name"],
+            "tasks": self.tasks,
+            "wire_shape": ["B", *self.token_shape],
+            "scale": self.scale,
+            "zero_point": self.zero_point,
+        }
 
     def check(self, payload: WirePayload, task_names_by_bit: dict[int, set[str]]) -> list[str]:
         """Raise RequestError (422) if a well-formed message does not fit this variant; return the tasks asked."""
@@ -117,7 +128,9 @@ class SharedCloud:
             manifest = load_manifest(export_dir)
             variant = Variant.from_manifest(export_dir, manifest)
             if variant.model_id in self.variants:
-                raise UserError(f"{export_dir}: model {variant.model_id} is already served from {self.variants[variant.model_id].export_dir}")
+                raise UserError(
+                    f"{export_dir}: model {variant.model_id} is already served from {self.variants[variant.model_id].export_dir}"
+                )
             clouds = [a for a in manifest["artifacts"] if a["part"] == "cloud" and a["target"] == "torchscript"]
             if not clouds:
                 raise UserError(f"{export_dir}/manifest.json lists no TorchScript cloud decoder to serve")
@@ -133,7 +146,9 @@ class SharedCloud:
                 raise unloadable(path, "TorchScript", e) from None
             recorded = manifest["model"].get("cloud")
             if recorded is not None and recorded["trunk_sha256"] != identity["trunk_sha256"]:
-                raise UserError(f"{export_dir}/manifest.json: model.cloud.trunk_sha256 does not describe the decoder {path.name} (modified?)")
+                raise UserError(
+                    f"{export_dir}/manifest.json: model.cloud.trunk_sha256 does not describe the decoder {path.name} (modified?)"
+                )
             shared = hasattr(decoder, "shared_trunk")
             if first is None:
                 first = (export_dir, identity)
@@ -240,5 +255,7 @@ def _require_same_trunk(first: tuple[Path, dict], other: tuple[Path, dict]) -> N
         return
     names = list(a["trunk_tensors"]) + [n for n in b["trunk_tensors"] if n not in a["trunk_tensors"]]
     differing = next(n for n in names if a["trunk_tensors"].get(n) != b["trunk_tensors"].get(n))
-    raise UserError(f"{first_dir} and {other_dir} do not share a cloud trunk: tensor {differing!r} differs "
-                    "(a shared cloud serves only variants device-tuned from one checkpoint)")
+    raise UserError(
+        f"{first_dir} and {other_dir} do not share a cloud trunk: tensor {differing!r} differs "
+        "(a shared cloud serves only variants device-tuned from one checkpoint)"
+    )

@@ -136,7 +136,9 @@ def _load_imagefolder(recipe: Recipe) -> TaskData:
         raise UserError(f"{root}: no images found (expected one sub-folder per class holding {', '.join(IMAGE_SUFFIXES)} files)")
     expected = recipe.resolved_task_classes()
     if len(classes) != expected[0]:
-        raise UserError(f"{root}: has {len(classes)} class folders but the recipe's task {recipe.tasks[0]!r} declares {expected[0]} classes")
+        raise UserError(
+            f"{root}: has {len(classes)} class folders but the recipe's task {recipe.tasks[0]!r} declares {expected[0]} classes"
+        )
     columns = [np.asarray(first_labels, dtype=np.int64)]
     tasks = [(recipe.tasks[0], classes)]
     if len(recipe.tasks) > 1:

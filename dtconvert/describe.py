@@ -35,7 +35,11 @@ def describe(source: str | Path) -> dict:
         report["preprocessing"] = ckpt["preprocessing"]
         metrics = {k: v for k, v in ckpt["metrics"].items() if k != "history"}
         report["metrics"] = metrics
-        report["data"] = {"source": ckpt["data"]["source"], "train": len(ckpt["data"]["split"]["train"]), "heldout": len(ckpt["data"]["split"]["heldout"])}
+        report["data"] = {
+            "source": ckpt["data"]["source"],
+            "train": len(ckpt["data"]["split"]["train"]),
+            "heldout": len(ckpt["data"]["split"]["heldout"]),
+        }
         report["init"] = ckpt.get("init")
         return report
     recipe = load_recipe(source)

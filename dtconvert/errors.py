@@ -12,5 +12,7 @@ class UserError(Exception):
 def unloadable(path, runtime: str, error: BaseException) -> UserError:
     """The sentence for an artifact whose bytes match the manifest but which its runtime cannot load."""
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return UserError(f"{path}: {runtime} cannot load it ({reason[:200]}); its sha256 matches the manifest, so the export "
-                     "itself is broken: export it again")
+    return UserError(
+        f"{path}: {runtime} cannot load it ({reason[:200]}); its sha256 matches the manifest, so the export "
+        "itself is broken: export it again"
+    )

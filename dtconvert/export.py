@@ -21,7 +21,7 @@ import tempfile
 import time
 import traceback
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from dtconvert import __version__
 from dtconvert.checkpoint import build_model, load_checkpoint, sha256_file
 from dtconvert.errors import UserError
 from dtconvert.manifest import SCHEMA_VERSION, describe_file, write_manifest
+from dtconvert.output import console as make_console
 from dtconvert.quantize import calibration_images, wire_qparams
 from dtconvert.targets import (
     DEVICE_TARGETS,
@@ -59,7 +60,9 @@ def parse_targets(target: str) -> list[str]:
     names = list(DEVICE_TARGETS) if target == "all" else [t.strip() for t in target.split(",") if t.strip()]
     unknown = [t for t in names if t not in DEVICE_TARGETS]
     if unknown or not names:
-        raise UserError(f"--target {target!r}: unknown target {unknown[0] if unknown else ''!r}; choose from {', '.join(DEVICE_TARGETS)} or all")
+        raise UserError(
+            f"--target {target!r}: unknown target {unknown[0] if unknown else ''!r}; choose from {', '.join(DEVICE_TARGETS)} or all"
+        )
     return names
 
 
@@ -114,8 +117,15 @@ def _tool_versions() -> dict[str, str]:
     return versions
 
 
-def run_export(checkpoint: Path, targets: list[str], precision: str = "int8", calib: str | None = None,
-               out: Path | None = None, console: Console | None = None, verify: bool = True) -> tuple[Path, dict]:
+def run_export(
+    checkpoint: Path,
+    targets: list[str],
+    precision: str = "int8",
+    calib: str | None = None,
+    out: Path | None = None,
+    console: Console | None = None,
+    verify: bool = True,
+) -> tuple[Path, dict]:
     """Export ``checkpoint`` for ``targets``; return the export directory and its manifest.
 
     With ``verify`` (the default) ``dtconvert verify`` runs on the finished export before it is
@@ -126,7 +136,7 @@ def run_export(checkpoint: Path, targets: list[str], precision: str = "int8", ca
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: --out exists and is not a directory")
     # Open the terminal before any redirection so progress still reaches the user.
-    console = console or Console(file=os.fdopen(os.dup(2), "w", buffering=1, closefd=True), stderr=False)
+    console = console or make_console(file=os.fdopen(os.dup(2), "w", buffering=1, closefd=True))
 
     # 1. Load and split (the split is the model's own encode()/decode() boundary).
     ckpt = load_checkpoint(checkpoint)
@@ -157,9 +167,15 @@ def run_export(checkpoint: Path, targets: list[str], precision: str = "int8", ca
 
         # 3. Device targets, one module each.
         job = ExportJob(
-            name=name, precision=precision, encoder=encoder, example=example, calibration=calibration, workdir=work,
+            name=name,
+            precision=precision,
+            encoder=encoder,
+            example=example,
+            calibration=calibration,
+            workdir=work,
             metadata={
-                "author": "dtconvert", "version": __version__,
+                "author": "dtconvert",
+                "version": __version__,
                 "description": f"Device Tuning encoder of {name!r} ({precision}): image → wire tensor",
                 "input_description": f"preprocessed image {list(example.shape)} NCHW float32 (see manifest.json)",
                 "output_description": f"wire tensor {wire_shape} float32; quantize to int8 with scale {scale:.6g}, zero point {zero_point}",
@@ -193,19 +209,37 @@ def run_export(checkpoint: Path, targets: list[str], precision: str = "int8", ca
             # What a shared cloud proves identity with, read back from the file that ships.
             cloud = cloud_identity(load_decoder(staging / decoder_file), [t["name"] for t in tasks])
             init = ckpt.get("init")
-            cloud["tuned_from"] = None if not init else {"checkpoint_sha256": init["sha256"], "tune": init["tune"],
-                                                         "new_tasks": list(init.get("new_tasks") or [])}
+            cloud["tuned_from"] = (
+                None
+                if not init
+                else {"checkpoint_sha256": init["sha256"], "tune": init["tune"], "new_tasks": list(init.get("new_tasks") or [])}
+            )
         cloud_inputs = [
             {"name": "wire", "shape": [1, *cfg.wire_shape], "dtype": "int8"},
             {"name": "scale", "shape": [1, 1], "dtype": "float32"},
             {"name": "zero_point", "shape": [1, 1], "dtype": "int32"},
         ]
         cloud_outputs = [{"name": t["name"], "shape": [1, len(t["labels"])], "dtype": "float32"} for t in tasks]
-        artifacts.append({**describe_file(staging, decoder_file), "part": "cloud", "target": "torchscript", "precision": "fp32",
-                          "inputs": cloud_inputs, "outputs": cloud_outputs,
-                          "details": {"signature": "forward(wire, scale, zero_point) -> tuple of logits in task order"}})
-        artifacts.append({**describe_file(staging, "triton"), "part": "cloud", "target": "triton", "precision": "fp32",
-                          "details": {"backend": "pytorch_libtorch", "model_name": f"{name}_decoder", "dynamic_batching": True}})
+        artifacts.append(
+            {
+                **describe_file(staging, decoder_file),
+                "part": "cloud",
+                "target": "torchscript",
+                "precision": "fp32",
+                "inputs": cloud_inputs,
+                "outputs": cloud_outputs,
+                "details": {"signature": "forward(wire, scale, zero_point) -> tuple of logits in task order"},
+            }
+        )
+        artifacts.append(
+            {
+                **describe_file(staging, "triton"),
+                "part": "cloud",
+                "target": "triton",
+                "precision": "fp32",
+                "details": {"backend": "pytorch_libtorch", "model_name": f"{name}_decoder", "dynamic_batching": True},
+            }
+        )
 
         # 5. The fp32 model as the export's own reference (verify needs no checkpoint), and
         #    golden inputs and outputs for the apps' tests and the macOS Core ML job.
@@ -213,21 +247,40 @@ def run_export(checkpoint: Path, targets: list[str], precision: str = "int8", ca
         with stages.stage("fp32 reference model and golden files"):
             reference_file = artifact_name(name, "reference", "torchscript", "fp32", "pt")
             export_reference(model, [t["name"] for t in tasks], example, staging / reference_file)
-            golden = write_golden(staging / "golden", ckpt, calibration, staging / reference_file, staging / decoder_file,
-                                  [t["name"] for t in tasks], scale, zero_point)
-        artifacts.append({**describe_file(staging, reference_file), "part": "reference", "target": "reference", "precision": "fp32",
-                          "inputs": [{"name": INPUT_NAME, "shape": list(example.shape), "dtype": "float32"}],
-                          "outputs": [{"name": OUTPUT_NAME, "shape": wire_shape, "dtype": "float32"}, *cloud_outputs],
-                          "details": {"signature": "forward(image) -> (wire, *logits in task order)"}})
+            golden = write_golden(
+                staging / "golden",
+                ckpt,
+                calibration,
+                staging / reference_file,
+                staging / decoder_file,
+                [t["name"] for t in tasks],
+                scale,
+                zero_point,
+            )
+        artifacts.append(
+            {
+                **describe_file(staging, reference_file),
+                "part": "reference",
+                "target": "reference",
+                "precision": "fp32",
+                "inputs": [{"name": INPUT_NAME, "shape": list(example.shape), "dtype": "float32"}],
+                "outputs": [{"name": OUTPUT_NAME, "shape": wire_shape, "dtype": "float32"}, *cloud_outputs],
+                "details": {"signature": "forward(image) -> (wire, *logits in task order)"},
+            }
+        )
 
         # 6. Manifest, verification, then move into place.
         current = "manifest"
         manifest = {
             "schema_version": SCHEMA_VERSION,
-            "model": {"name": name, "id": manifest_info["model_id"],
-                      "checkpoint": {"file": checkpoint.name, "sha256": manifest_info["checkpoint_sha256"]},
-                      "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      "heldout_metrics": ckpt["metrics"]["heldout"], "cloud": cloud},
+            "model": {
+                "name": name,
+                "id": manifest_info["model_id"],
+                "checkpoint": {"file": checkpoint.name, "sha256": manifest_info["checkpoint_sha256"]},
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "heldout_metrics": ckpt["metrics"]["heldout"],
+                "cloud": cloud,
+            },
             "precision": precision,
             "device_input": manifest_info["device_input"],
             "wire": manifest_info["wire"],
@@ -248,8 +301,10 @@ def run_export(checkpoint: Path, targets: list[str], precision: str = "int8", ca
                 try:
                     report = verify_export(staging, log=lambda line: None)
                 except UserError as e:
-                    raise UserError(f"cannot verify the export: {e}. Export with --no-verify, then run "
-                                    f"'dtconvert verify {out} --data DIR' on images you have") from None
+                    raise UserError(
+                        f"cannot verify the export: {e}. Export with --no-verify, then run "
+                        f"'dtconvert verify {out} --data DIR' on images you have"
+                    ) from None
             manifest["verification"] = report.summary()
             write_manifest(staging, manifest)
         _replace_dir(staging, out)
@@ -269,7 +324,9 @@ def run_export(checkpoint: Path, targets: list[str], precision: str = "int8", ca
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _wire_and_input(ckpt: dict, cfg, checkpoint_sha: str, wire_shape: list[int], scale: float, zero_point: int, calibration_info: dict) -> dict:
+def _wire_and_input(
+    ckpt: dict, cfg, checkpoint_sha: str, wire_shape: list[int], scale: float, zero_point: int, calibration_info: dict
+) -> dict:
     pre = ckpt["preprocessing"]
     tokens, width = cfg.wire_shape
     communication = {
@@ -283,11 +340,18 @@ def _wire_and_input(ckpt: dict, cfg, checkpoint_sha: str, wire_shape: list[int],
         "model_id": checkpoint_sha[:16],
         "checkpoint_sha256": checkpoint_sha,
         "device_input": {
-            "name": INPUT_NAME, "shape": [1, cfg.in_channels, cfg.image_size, cfg.image_size], "dtype": "float32", "layout": "NCHW",
+            "name": INPUT_NAME,
+            "shape": [1, cfg.in_channels, cfg.image_size, cfg.image_size],
+            "dtype": "float32",
+            "layout": "NCHW",
             "preprocessing": {k: pre[k] for k in ("size", "channels", "resize", "scale", "mean", "std")},
         },
         "wire": {
-            "name": OUTPUT_NAME, "shape": wire_shape, "dtype": "int8", "scale": scale, "zero_point": zero_point,
+            "name": OUTPUT_NAME,
+            "shape": wire_shape,
+            "dtype": "int8",
+            "scale": scale,
+            "zero_point": zero_point,
             "bytes_per_image": tokens * width,
             "formula": "q = clamp(round(x / scale) + zero_point, -128, 127); x = (q - zero_point) * scale",
             "calibration": calibration_info,
@@ -307,12 +371,12 @@ def _replace_dir(staging: Path, out: Path) -> None:
         os.replace(staging, out)
 
 
-
 GOLDEN_COUNT = 8
 
 
-def write_golden(folder: Path, ckpt: dict, calibration, reference_file: Path, decoder_file: Path, tasks: list[str],
-                 scale: float, zero_point: int) -> dict:
+def write_golden(
+    folder: Path, ckpt: dict, calibration, reference_file: Path, decoder_file: Path, tasks: list[str], scale: float, zero_point: int
+) -> dict:
     """Golden inputs and outputs: the same numbers for the apps' tests and the macOS Core ML job.
 
     ``input.npy`` (preprocessed images), ``wire_fp32.npy`` (fp32 encoder), ``wire_int8.npy``

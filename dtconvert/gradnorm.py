@@ -40,9 +40,7 @@ class GradNorm(nn.Module):
             self.initial_losses.copy_(losses.detach())
             self._initialised = True
         # ∇_W (w_i L_i) = w_i ∇_W L_i for w_i > 0: one plain backward per task to W, no double backward.
-        norms = torch.stack(
-            [torch.autograd.grad(loss, shared, retain_graph=True)[0].norm() for loss in losses]
-        ).detach()
+        norms = torch.stack([torch.autograd.grad(loss, shared, retain_graph=True)[0].norm() for loss in losses]).detach()
         grad_norms = self.weights * norms
         mean_norm = grad_norms.mean().detach()
         loss_ratio = losses.detach() / self.initial_losses.clamp_min(1e-12)

@@ -40,8 +40,13 @@ def describe_file(root: Path, relative: str) -> dict:
     path = root / relative
     if path.is_dir():
         hashes = tree_files(path)
-        return {"path": relative, "kind": "directory", "bytes": sum((path / f).stat().st_size for f in hashes),
-                "sha256": tree_sha256(hashes), "files": hashes}
+        return {
+            "path": relative,
+            "kind": "directory",
+            "bytes": sum((path / f).stat().st_size for f in hashes),
+            "sha256": tree_sha256(hashes),
+            "files": hashes,
+        }
     return {"path": relative, "kind": "file", "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
@@ -60,7 +65,9 @@ def validate(manifest: dict, source: str = MANIFEST_NAME) -> None:
     """Raise UserError (one sentence) if ``manifest`` does not follow the schema."""
     version = manifest.get("schema_version") if isinstance(manifest, dict) else None
     if isinstance(version, int) and version > SCHEMA_VERSION:
-        raise UserError(f"{source}: manifest schema_version {version} is newer than this dtconvert reads ({SCHEMA_VERSION}); upgrade dtconvert")
+        raise UserError(
+            f"{source}: manifest schema_version {version} is newer than this dtconvert reads ({SCHEMA_VERSION}); upgrade dtconvert"
+        )
     problem = schema_problem(manifest, schema())
     if problem is not None:
         raise UserError(f"{source}: manifest does not follow schema version {SCHEMA_VERSION} {problem}")
@@ -126,7 +133,11 @@ def confine_manifest(export_dir: Path, manifest: dict) -> None:
                 for name in [*dirs, *names]:
                     inner = Path(folder) / name
                     if inner.is_symlink():
-                        _inside(export_dir, inner, f"{export_dir / MANIFEST_NAME}: artifacts[{i}] ({entry['path']}) holds {inner.relative_to(export_dir)}, which")
+                        _inside(
+                            export_dir,
+                            inner,
+                            f"{export_dir / MANIFEST_NAME}: artifacts[{i}] ({entry['path']}) holds {inner.relative_to(export_dir)}, which",
+                        )
     golden = manifest.get("golden")
     if golden is not None:
         confined(export_dir, golden["path"], "golden.path")

@@ -39,15 +39,16 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
 __all__ = [
-    "MILReference",
     "SUPPORTED_OPS",
+    "MILReference",
     "UnknownMILOp",
     "UnsupportedMILOp",
     "check_ops",
@@ -180,8 +181,9 @@ def io_signature(path: str | Path) -> dict:
             kind = f.type.WhichOneof("Type")
             if kind == "multiArrayType":
                 code = names[f.type.multiArrayType.dataType]
-                out.append({"name": f.name, "shape": [int(d) for d in f.type.multiArrayType.shape],
-                            "dtype": numpy_names.get(code, code.lower())})
+                out.append(
+                    {"name": f.name, "shape": [int(d) for d in f.type.multiArrayType.shape], "dtype": numpy_names.get(code, code.lower())}
+                )
             else:  # images, dictionaries...: named by feature kind, no array shape
                 out.append({"name": f.name, "shape": None, "dtype": kind})
         return out
@@ -530,7 +532,7 @@ class MILReference:
         self._init(load_program(self.path))
 
     @classmethod
-    def from_program(cls, program) -> "MILReference":
+    def from_program(cls, program) -> MILReference:
         """From an in-memory pymil Program (e.g. one built with ``mb.program`` in a test)."""
         self = cls.__new__(cls)
         self.path = None
@@ -577,8 +579,7 @@ class MILReference:
         _, _, name, shape, dtype, op_type, op_name = entry
         value = np.asarray(value)
         if value.shape != shape and all(isinstance(d, int) for d in shape):
-            raise RuntimeError(f"MIL reference: {op_type} {op_name!r} produced shape {value.shape}, "
-                               f"the program declares {shape}")
+            raise RuntimeError(f"MIL reference: {op_type} {op_name!r} produced shape {value.shape}, the program declares {shape}")
         if np.issubdtype(dtype, np.integer) and np.issubdtype(value.dtype, np.floating):
             # Only quantize produces integers from floats; it has clipped to the range already.
             return value.astype(dtype)

@@ -109,7 +109,7 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         return cls(**{**d, "pool_at": tuple(d["pool_at"]), "tasks": tuple(tuple(t) for t in d["tasks"])})
 
 
@@ -188,8 +188,7 @@ class DeviceEncoder(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches, cfg.device_dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.layers = nn.ModuleList(
-            TransformerLayer(cfg.device_dim, cfg.device_heads, cfg.mlp_ratio, pool=i in cfg.pool_at)
-            for i in range(cfg.device_depth)
+            TransformerLayer(cfg.device_dim, cfg.device_heads, cfg.mlp_ratio, pool=i in cfg.pool_at) for i in range(cfg.device_depth)
         )
         self.bottleneck = nn.Linear(cfg.device_dim, cfg.bottleneck) if cfg.bottleneck else nn.Identity()
 
@@ -210,9 +209,7 @@ class CloudDecoder(nn.Module):
         self.input_proj = nn.Linear(cfg.wire_dim, cfg.cloud_dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.wire_tokens, cfg.cloud_dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        self.trunk = nn.ModuleList(
-            TransformerLayer(cfg.cloud_dim, cfg.cloud_heads, cfg.mlp_ratio) for _ in range(cfg.cloud_depth)
-        )
+        self.trunk = nn.ModuleList(TransformerLayer(cfg.cloud_dim, cfg.cloud_heads, cfg.mlp_ratio) for _ in range(cfg.cloud_depth))
         self.heads = nn.ModuleDict({name: nn.Linear(cfg.cloud_dim, classes) for name, classes in cfg.tasks})
 
     def features(self, wire: torch.Tensor) -> torch.Tensor:

@@ -73,8 +73,10 @@ def github_annotations(checks: list[Check], manifest: str) -> list[str]:
         if c.passed:
             continue
         title = f"dtconvert verify: {c.artifact} ({c.runtime})"
-        lines.append(f"::error file={_escape_property(manifest)},title={_escape_property(title)}::"
-                     + _escape_data(f"{c.artifact} · {c.runtime} · {c.check}: {c.detail}"))
+        lines.append(
+            f"::error file={_escape_property(manifest)},title={_escape_property(title)}::"
+            + _escape_data(f"{c.artifact} · {c.runtime} · {c.check}: {c.detail}")
+        )
     return lines
 
 
@@ -86,10 +88,18 @@ def github_summary(checks: list[Check], export_dir: str, samples: int, data: str
     """A Markdown section for ``$GITHUB_STEP_SUMMARY``: failed checks first, then every check."""
     failed = [c for c in checks if not c.passed]
     verdict = f"**{len(failed)} of {len(checks)} checks failed**" if failed else f"all {len(checks)} checks passed"
-    lines = [f"### dtconvert verify `{export_dir}`", "", f"{verdict} on {samples} images ({_cell(data)})", "",
-             "| | artifact | runtime | check | measured |", "|---|---|---|---|---|"]
+    lines = [
+        f"### dtconvert verify `{export_dir}`",
+        "",
+        f"{verdict} on {samples} images ({_cell(data)})",
+        "",
+        "| | artifact | runtime | check | measured |",
+        "|---|---|---|---|---|",
+    ]
     for c in sorted(checks, key=lambda c: c.passed):
-        lines.append(f"| {'✅' if c.passed else '❌'} | `{_cell(c.artifact)}` | {_cell(c.runtime)} | {_cell(c.check)} | {_cell(c.detail)} |")
+        lines.append(
+            f"| {'✅' if c.passed else '❌'} | `{_cell(c.artifact)}` | {_cell(c.runtime)} | {_cell(c.check)} | {_cell(c.detail)} |"
+        )
     return "\n".join(lines) + "\n\n"
 
 

@@ -106,9 +106,16 @@ def calibration_images(ckpt: dict, calib: str | None) -> tuple[np.ndarray, dict]
     return images, {"source": "folder", "path": str(calib), "images": len(images)}
 
 
-def pt2e_quantize(encoder: torch.nn.Module, example: torch.Tensor, calibration: np.ndarray, *, dynamic: bool,
-                  float_modules: tuple[type, ...] = (), float_layers: frozenset[str] = frozenset(),
-                  any_batch: bool = False) -> torch.nn.Module:
+def pt2e_quantize(
+    encoder: torch.nn.Module,
+    example: torch.Tensor,
+    calibration: np.ndarray,
+    *,
+    dynamic: bool,
+    float_modules: tuple[type, ...] = (),
+    float_layers: frozenset[str] = frozenset(),
+    any_batch: bool = False,
+) -> torch.nn.Module:
     """Post-training int8 quantization of the encoder with ExecuTorch's XNNPACK quantizer (pt2e).
 
     Weights are int8, symmetric, per output channel. ``dynamic`` quantizes the inputs of linear

@@ -80,8 +80,10 @@ def read_token(path: Path) -> str:
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"--token-file {path}: cannot read it ({e})") from None
     if len(token) < MIN_TOKEN_CHARS or any(c.isspace() or not c.isprintable() for c in token):
-        raise UserError(f"--token-file {path}: the token must be one line of at least {MIN_TOKEN_CHARS} printable characters "
-                        "without spaces (e.g. 'openssl rand -hex 32 > token')")
+        raise UserError(
+            f"--token-file {path}: the token must be one line of at least {MIN_TOKEN_CHARS} printable characters "
+            "without spaces (e.g. 'openssl rand -hex 32 > token')"
+        )
     return token
 
 
@@ -117,22 +119,59 @@ def _error(description: str, headers: dict | None = None) -> dict:
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer", "minimum": 0}}}
 _WWW_AUTHENTICATE = {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}}
 _SCHEMAS = {
-    "Error": {"type": "object", "required": ["error", "status"], "additionalProperties": False,
-              "properties": {"error": {"type": "string", "description": "one sentence naming the field and the problem"},
-                             "status": {"type": "integer"}}},
-    "Prediction": {"type": "object", "required": ["label", "index", "score"],
-                   "properties": {"label": {"type": "string"}, "index": {"type": "integer", "minimum": 0},
-                                  "score": {"type": "number", "minimum": 0, "maximum": 1}}},
-    "Decoded": {"type": "object", "required": ["model_id", "tasks", "predictions", "timing"],
-                "properties": {"model_id": {"type": "string"}, "tasks": {"type": "array", "items": {"type": "string"}},
-                               "predictions": {"type": "array", "items": {"type": "object", "additionalProperties": {
-                                   "type": "array", "items": {"$ref": "#/components/schemas/Prediction"}}}},
-                               "timing": {"type": "object", "additionalProperties": {"type": "number"}}}},
-    "Health": {"type": "object", "required": ["status", "model_id", "model_ids"],
-               "properties": {"status": {"const": "ok"}, "model_id": {"type": "string"},
-                              "model_ids": {"type": "array", "items": {"type": "string"}}}},
-    "Models": {"type": "object", "required": ["models"], "properties": {"models": {"type": "array", "items": {
-        "type": "object", "required": ["id", "name", "tasks", "wire_shape", "scale", "zero_point"]}}}},
+    "Error": {
+        "type": "object",
+        "required": ["error", "status"],
+        "additionalProperties": False,
+        "properties": {
+            "error": {"type": "string", "description": "one sentence naming the field and the problem"},
+            "status": {"type": "integer"},
+        },
+    },
+    "Prediction": {
+        "type": "object",
+        "required": ["label", "index", "score"],
+        "properties": {
+            "label": {"type": "string"},
+            "index": {"type": "integer", "minimum": 0},
+            "score": {"type": "number", "minimum": 0, "maximum": 1},
+        },
+    },
+    "Decoded": {
+        "type": "object",
+        "required": ["model_id", "tasks", "predictions", "timing"],
+        "properties": {
+            "model_id": {"type": "string"},
+            "tasks": {"type": "array", "items": {"type": "string"}},
+            "predictions": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": {"type": "array", "items": {"$ref": "#/components/schemas/Prediction"}},
+                },
+            },
+            "timing": {"type": "object", "additionalProperties": {"type": "number"}},
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status", "model_id", "model_ids"],
+        "properties": {
+            "status": {"const": "ok"},
+            "model_id": {"type": "string"},
+            "model_ids": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "Models": {
+        "type": "object",
+        "required": ["models"],
+        "properties": {
+            "models": {
+                "type": "array",
+                "items": {"type": "object", "required": ["id", "name", "tasks", "wire_shape", "scale", "zero_point"]},
+            }
+        },
+    },
     "Model": {"type": "object", "required": ["schema_version", "model", "precision", "device_input", "wire", "tasks", "wire_format"]},
 }
 
@@ -153,38 +192,67 @@ def _openapi(app, secured: bool) -> dict:
     paths = document["paths"]
     unauthorized = {"401": _error("missing or wrong bearer token", _WWW_AUTHENTICATE)} if secured else {}
     overloaded = {"503": _error("at capacity or shutting down; retry after Retry-After seconds", _RETRY_AFTER)}
-    paths["/v1/decode"]["post"].update({
-        "parameters": [{"name": "top_k", "in": "query", "required": False, "description": "labels per task (capped at its classes)",
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": DEFAULT_TOP_K}}],
-        "requestBody": {"required": True, "description": "one wire-format message (docs/wire-format.md)",
-                        "content": {CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}}}},
-        "responses": {"200": _json("Decoded", "top-k labels per image and task"),
-                      "400": _error("not a valid wire message, or a bad top_k"),
-                      **unauthorized,
-                      "408": _error("the body did not arrive in time"),
-                      "413": _error("body larger than the limit"),
-                      "415": _error(f"Content-Type is not {CONTENT_TYPE}"),
-                      "422": _error("a valid message that fits no served model: model id, shape, scale, zero point or task"),
-                      **overloaded},
-    })
-    paths["/v1/model"]["get"].update({
-        "parameters": [{"name": "id", "in": "query", "required": False, "description": "a served model id (required with several)",
-                        "schema": {"type": "string"}}],
-        "responses": {"200": _json("Model", "the public part of the variant's manifest"), **unauthorized,
-                      "404": _error("no such model id here"), "409": _error("several models served: name one with id")},
-    })
+    paths["/v1/decode"]["post"].update(
+        {
+            "parameters": [
+                {
+                    "name": "top_k",
+                    "in": "query",
+                    "required": False,
+                    "description": "labels per task (capped at its classes)",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": DEFAULT_TOP_K},
+                }
+            ],
+            "requestBody": {
+                "required": True,
+                "description": "one wire-format message (docs/wire-format.md)",
+                "content": {CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+            },
+            "responses": {
+                "200": _json("Decoded", "top-k labels per image and task"),
+                "400": _error("not a valid wire message, or a bad top_k"),
+                **unauthorized,
+                "408": _error("the body did not arrive in time"),
+                "413": _error("body larger than the limit"),
+                "415": _error(f"Content-Type is not {CONTENT_TYPE}"),
+                "422": _error("a valid message that fits no served model: model id, shape, scale, zero point or task"),
+                **overloaded,
+            },
+        }
+    )
+    paths["/v1/model"]["get"].update(
+        {
+            "parameters": [
+                {
+                    "name": "id",
+                    "in": "query",
+                    "required": False,
+                    "description": "a served model id (required with several)",
+                    "schema": {"type": "string"},
+                }
+            ],
+            "responses": {
+                "200": _json("Model", "the public part of the variant's manifest"),
+                **unauthorized,
+                "404": _error("no such model id here"),
+                "409": _error("several models served: name one with id"),
+            },
+        }
+    )
     paths["/v1/models"]["get"]["responses"] = {"200": _json("Models", "every served device variant"), **unauthorized}
     paths["/healthz"]["get"]["responses"] = {"200": _json("Health", "the decoder is loaded")}
-    paths["/metrics"]["get"]["responses"] = {"200": {"description": "Prometheus text exposition",
-                                                     "content": {"text/plain": {"schema": {"type": "string"}}}}}
+    paths["/metrics"]["get"]["responses"] = {
+        "200": {"description": "Prometheus text exposition", "content": {"text/plain": {"schema": {"type": "string"}}}}
+    }
     if secured:
         for path in ("/v1/decode", "/v1/model", "/v1/models"):
             for operation in paths[path].values():
                 operation["security"] = [{"bearer": []}]
     for operations in paths.values():
         for operation in operations.values():
-            operation["responses"].setdefault("405", _error("method not allowed here (see the Allow header)",
-                                                            {"Allow": {"schema": {"type": "string"}}}))
+            operation["responses"].setdefault(
+                "405", _error("method not allowed here (see the Allow header)", {"Allow": {"schema": {"type": "string"}}})
+            )
     return document
 
 
@@ -205,18 +273,38 @@ def create_app(service: SharedCloud, options: ServeOptions | None = None):
     max_queue = options.queue_limit()
     token = options.token.encode() if options.token else None
     registry = CollectorRegistry()
-    requests_total = Counter("dtconvert_requests_total", "HTTP requests answered, by endpoint and status.", ["endpoint", "status"], registry=registry)
-    decode_total = Counter("dtconvert_decode_requests_total", "/v1/decode requests answered, by model id and status "
-                           "(model_id \"-\" when the message named none that could be read).", ["model_id", "status"], registry=registry)
+    requests_total = Counter(
+        "dtconvert_requests_total", "HTTP requests answered, by endpoint and status.", ["endpoint", "status"], registry=registry
+    )
+    decode_total = Counter(
+        "dtconvert_decode_requests_total",
+        '/v1/decode requests answered, by model id and status (model_id "-" when the message named none that could be read).',
+        ["model_id", "status"],
+        registry=registry,
+    )
     errors_total = Counter("dtconvert_request_errors_total", "Rejected /v1/decode requests, by reason.", ["reason"], registry=registry)
-    batch_images = Histogram("dtconvert_batch_images", "Images per decoder call (micro-batch size).",
-                             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=registry)
-    batch_models = Histogram("dtconvert_batch_models", "Device variants (model ids) per decoder call: above 1, a mixed batch.",
-                             buckets=(1, 2, 3, 4, 8, 16), registry=registry)
+    batch_images = Histogram(
+        "dtconvert_batch_images",
+        "Images per decoder call (micro-batch size).",
+        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        registry=registry,
+    )
+    batch_models = Histogram(
+        "dtconvert_batch_models",
+        "Device variants (model ids) per decoder call: above 1, a mixed batch.",
+        buckets=(1, 2, 3, 4, 8, 16),
+        registry=registry,
+    )
     batch_rows = Counter("dtconvert_batch_rows_total", "Images decoded, by model id.", ["model_id"], registry=registry)
-    mixed_batches = Counter("dtconvert_mixed_batches_total", "Decoder calls whose batch held rows of more than one model id.", registry=registry)
-    latency = Histogram("dtconvert_decode_request_seconds", "Time from the request's arrival to its answer, /v1/decode.",
-                        buckets=LATENCY_BUCKETS, registry=registry)
+    mixed_batches = Counter(
+        "dtconvert_mixed_batches_total", "Decoder calls whose batch held rows of more than one model id.", registry=registry
+    )
+    latency = Histogram(
+        "dtconvert_decode_request_seconds",
+        "Time from the request's arrival to its answer, /v1/decode.",
+        buckets=LATENCY_BUCKETS,
+        registry=registry,
+    )
     in_flight = Gauge("dtconvert_requests_in_flight", "/v1/decode requests being handled.", registry=registry)
     queued = Gauge("dtconvert_queued_images", "Images accepted and waiting for (or in) the decoder.", registry=registry)
     state: dict = {"batcher": None, "draining": False}
@@ -240,8 +328,15 @@ def create_app(service: SharedCloud, options: ServeOptions | None = None):
         state["draining"] = True
         await batcher.stop()
 
-    app = FastAPI(title="dtconvert cloud decoder", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="The shared cloud half of a Device Tuning model: int8 wire tensors in, top-k labels per task out.")
+    app = FastAPI(
+        title="dtconvert cloud decoder",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="The shared cloud half of a Device Tuning model: int8 wire tensors in, top-k labels per task out.",
+    )
+
     def openapi() -> dict:
         if app.openapi_schema is None:  # built once, on the first request for it
             app.openapi_schema = _openapi(app, token is not None)
@@ -262,11 +357,17 @@ def create_app(service: SharedCloud, options: ServeOptions | None = None):
             return
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token):
-            raise RequestError(401, "this server needs 'Authorization: Bearer <token>' (missing or wrong token)", "unauthorized",
-                               headers={"WWW-Authenticate": "Bearer"})
+            raise RequestError(
+                401,
+                "this server needs 'Authorization: Bearer <token>' (missing or wrong token)",
+                "unauthorized",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
-    app.state.count_rejected = lambda path: (requests_total.labels(path if path in _ENDPOINTS else "other", "503").inc(),
-                                             errors_total.labels("connections").inc() if path == "/v1/decode" else None)
+    app.state.count_rejected = lambda path: (
+        requests_total.labels(path if path in _ENDPOINTS else "other", "503").inc(),
+        errors_total.labels("connections").inc() if path == "/v1/decode" else None,
+    )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -298,8 +399,11 @@ def create_app(service: SharedCloud, options: ServeOptions | None = None):
         wanted = request.query_params.get("id")
         if wanted is None and len(service.variants) > 1:
             requests_total.labels("/v1/model", "409").inc()
-            return error(409, f"this server serves {len(service.variants)} models ({', '.join(service.model_ids)}): "
-                              "GET /v1/models, or /v1/model?id=MODEL_ID")
+            return error(
+                409,
+                f"this server serves {len(service.variants)} models ({', '.join(service.model_ids)}): "
+                "GET /v1/models, or /v1/model?id=MODEL_ID",
+            )
         if wanted is not None and wanted not in service.variants:
             requests_total.labels("/v1/model", "404").inc()
             return error(404, f"model id {wanted!r} is not served here (serving {', '.join(service.model_ids)})")
@@ -331,9 +435,13 @@ def create_app(service: SharedCloud, options: ServeOptions | None = None):
             model_id = variant.model_id
             batcher = state["batcher"]
             if batcher.pending + len(payload.tensor) > max_queue:  # admission control: answer now rather than late
-                raise RequestError(503, f"the server is at capacity ({batcher.pending} images waiting for the decoder, "
-                                        f"limit {max_queue}); retry after {options.retry_after} s", "overloaded",
-                                   headers={"Retry-After": str(options.retry_after)})
+                raise RequestError(
+                    503,
+                    f"the server is at capacity ({batcher.pending} images waiting for the decoder, "
+                    f"limit {max_queue}); retry after {options.retry_after} s",
+                    "overloaded",
+                    headers={"Retry-After": str(options.retry_after)},
+                )
             probs, timing = await batcher.submit(payload.tensor, variant)
             predictions = [service.top_k(variant, row, tasks, k) for row in probs]
             timing["server_ms"] = round((time.perf_counter() - arrived) * 1000.0, 3)
@@ -353,8 +461,12 @@ def create_app(service: SharedCloud, options: ServeOptions | None = None):
         import asyncio
 
         if state["draining"]:
-            raise RequestError(503, "the server is shutting down; retry on another instance", "shutting_down",
-                               headers={"Retry-After": str(options.retry_after)})
+            raise RequestError(
+                503,
+                "the server is shutting down; retry on another instance",
+                "shutting_down",
+                headers={"Retry-After": str(options.retry_after)},
+            )
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != CONTENT_TYPE:
             raise RequestError(415, f"Content-Type must be {CONTENT_TYPE}, got {content_type or 'none'!r}", "content_type")
@@ -391,7 +503,9 @@ def _top_k(raw: str | None, max_classes: int) -> int:
     if raw is None:
         return DEFAULT_TOP_K
     if not raw.isdigit() or not 1 <= int(raw) <= 1000:
-        raise RequestError(400, f"top_k must be a whole number from 1 to 1000 (each task answers with at most its number of classes), got {raw!r}", "top_k")
+        raise RequestError(
+            400, f"top_k must be a whole number from 1 to 1000 (each task answers with at most its number of classes), got {raw!r}", "top_k"
+        )
     return min(int(raw), max_classes)
 
 
@@ -464,9 +578,18 @@ def _install_connection_limit_answer(app, retry_after: int) -> None:
 
     async def too_many_connections(scope, receive, send) -> None:
         app.state.count_rejected(scope.get("path", ""))
-        await send({"type": "http.response.start", "status": 503,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"retry-after", str(retry_after).encode()), (b"connection", b"close")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", str(retry_after).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     httptools_impl.service_unavailable = too_many_connections
@@ -490,8 +613,7 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def make_server(service: SharedCloud, sock: socket.socket, options: ServeOptions, graceful_seconds: float = 30.0,
-                own_logging: bool = True):
+def make_server(service: SharedCloud, sock: socket.socket, options: ServeOptions, graceful_seconds: float = 30.0, own_logging: bool = True):
     """A uvicorn server for the app. ``own_logging=False`` leaves logging alone (an embedded
     server): uvicorn's default config binds handlers to the sys.stderr of the moment, which a
     caller such as a test runner may close later."""
@@ -501,10 +623,20 @@ def make_server(service: SharedCloud, sock: socket.socket, options: ServeOptions
     _install_connection_limit_answer(app, options.retry_after)
     logging = {} if own_logging else {"log_config": None}
     tls = {"ssl_certfile": str(options.tls_cert), "ssl_keyfile": str(options.tls_key)} if options.tls_cert else {}
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=graceful_seconds,
-                            loop="auto", http=_guarded_protocol(options.header_timeout), lifespan="on",
-                            limit_concurrency=options.max_connections, timeout_keep_alive=options.keep_alive,
-                            server_header=False, **tls, **logging)
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=graceful_seconds,
+        loop="auto",
+        http=_guarded_protocol(options.header_timeout),
+        lifespan="on",
+        limit_concurrency=options.max_connections,
+        timeout_keep_alive=options.keep_alive,
+        server_header=False,
+        **tls,
+        **logging,
+    )
     return uvicorn.Server(config)
 
 
@@ -520,11 +652,13 @@ def serve(export_dirs: list[Path], host: str, port: int, options: ServeOptions, 
     scheme = "https" if options.tls_cert else "http"
     served = "; ".join(f"{v.manifest['model']['name']} ({v.model_id}, tasks {', '.join(v.tasks)})" for v in service.variants.values())
     shared = f", one shared trunk for {len(service.variants)} variants" if len(service.variants) > 1 else ""
-    announce(f"serving {served}{shared} "
-             f"on {scheme}://{url_host}:{actual}  max-batch {options.max_batch}, max-wait {options.max_wait_ms:g} ms, "
-             f"queue {options.queue_limit()} images, {options.max_connections} connections, body limit {limit} B, "
-             f"{'bearer token required on /v1/*, ' if options.token else ''}"
-             f"{torch.get_num_threads()} decoder threads; Ctrl-C stops after answering requests in flight")
+    announce(
+        f"serving {served}{shared} "
+        f"on {scheme}://{url_host}:{actual}  max-batch {options.max_batch}, max-wait {options.max_wait_ms:g} ms, "
+        f"queue {options.queue_limit()} images, {options.max_connections} connections, body limit {limit} B, "
+        f"{'bearer token required on /v1/*, ' if options.token else ''}"
+        f"{torch.get_num_threads()} decoder threads; Ctrl-C stops after answering requests in flight"
+    )
     # uvicorn answers SIGTERM and Ctrl-C with a graceful shutdown (no new connections, requests in
     # flight answered), then re-raises the signal; after that shutdown, exit 0 rather than die of it.
     signal.signal(signal.SIGTERM, _exit_cleanly)
@@ -552,7 +686,7 @@ class BackgroundServer:
         self.server = make_server(self.service, self.sock, options or ServeOptions(), own_logging=False)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
-    def __enter__(self) -> "BackgroundServer":
+    def __enter__(self) -> BackgroundServer:
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.server.started:

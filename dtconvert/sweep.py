@@ -32,7 +32,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +42,10 @@ from dtconvert.errors import UserError
 SWEEP_FORMAT = "dtconvert-sweep"
 SWEEP_VERSION = 1
 WIRES = ("int8", "fp32")
-FLOPS_COUNTED = ("multiply-adds × 2 of convolution, linear and matrix-product ops (torch.utils.flop_counter.FlopCounterMode) "
-                 "for one image; softmax, LayerNorm, additions and pooling are not counted")
+FLOPS_COUNTED = (
+    "multiply-adds × 2 of convolution, linear and matrix-product ops (torch.utils.flop_counter.FlopCounterMode) "
+    "for one image; softmax, LayerNorm, additions and pooling are not counted"
+)
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,9 @@ def parse_pool_at(text: str) -> list[tuple[int, ...]]:
         else:
             parts = item.split("+")
             if not item or not all(p.strip().isdigit() for p in parts):
-                raise UserError(f"--pool-at {text!r}: each configuration is 'none' or layer numbers joined by '+', e.g. --pool-at none,1,1+2")
+                raise UserError(
+                    f"--pool-at {text!r}: each configuration is 'none' or layer numbers joined by '+', e.g. --pool-at none,1,1+2"
+                )
             layers = tuple(sorted(int(p) for p in parts))
         if layers not in configs:
             configs.append(layers)
@@ -132,8 +136,10 @@ def _fp32_wire_accuracy(model, pte: Path, images: np.ndarray, labels: np.ndarray
 
     from dtconvert.bench import build_call
 
-    wires = [build_call({"kind": "executorch", "path": str(pte), "batch": 1, "loop": False, "extra": {}}, 1, images[i : i + 1])()
-             for i in range(len(images))]
+    wires = [
+        build_call({"kind": "executorch", "path": str(pte), "batch": 1, "loop": False, "extra": {}}, 1, images[i : i + 1])()
+        for i in range(len(images))
+    ]
     with torch.no_grad():
         logits = model.decode(torch.from_numpy(np.concatenate(wires)))
     return _accuracy({t: v.numpy() for t, v in logits.items()}, labels, tasks)
@@ -148,9 +154,21 @@ def _silent_console():
 # ---- the sweep -------------------------------------------------------------------------------
 
 
-def run_sweep(recipe_path: Path, pool_ats: list[tuple[int, ...]] | None, bottlenecks: list[int] | None, wires: list[str],
-              epochs: int | None, batches: list[int], runs: int, out: Path, warmup: int = 5, threads: int = 1,
-              calib: str | None = None, log: Callable[[str], None] = print, command: str | None = None) -> dict:
+def run_sweep(
+    recipe_path: Path,
+    pool_ats: list[tuple[int, ...]] | None,
+    bottlenecks: list[int] | None,
+    wires: list[str],
+    epochs: int | None,
+    batches: list[int],
+    runs: int,
+    out: Path,
+    warmup: int = 5,
+    threads: int = 1,
+    calib: str | None = None,
+    log: Callable[[str], None] = print,
+    command: str | None = None,
+) -> dict:
     """Train, export and measure every configuration; write the results into ``out``; return the report."""
     from dtconvert.quantize import MIN_CALIBRATION_IMAGES
     from dtconvert.recipe import load_recipe
@@ -183,18 +201,34 @@ def run_sweep(recipe_path: Path, pool_ats: list[tuple[int, ...]] | None, bottlen
         report = {
             "format": SWEEP_FORMAT,
             "format_version": SWEEP_VERSION,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "command": command,
-            "recipe": {"name": recipe.name, "path": str(recipe_path), "pool_at": list(recipe.pool_at), "bottleneck": recipe.bottleneck,
-                       "epochs": recipe.epochs, "device_dim": cfg.device_dim, "device_depth": cfg.device_depth,
-                       "num_patches": cfg.num_patches, "tasks": cfg.task_names,
-                       "source_image_bytes": 64 if recipe.data == "digits" else None,
-                       "device_input_bytes": cfg.image_size * cfg.image_size * cfg.in_channels},
-            "settings": {"epochs": epochs, "calibration_images": calib or "128 (export's default)", "batches": batches, "runs": runs,
-                     "warmup": warmup, "threads": threads,
-                         "pool_at": [SplitConfig(p, 0).pool_text for p in pool_ats], "bottleneck": bottlenecks, "wire": wires,
-                         "order": "all rows round-robin at each batch size, the first row rotating each round",
-                         "flops": FLOPS_COUNTED},
+            "recipe": {
+                "name": recipe.name,
+                "path": str(recipe_path),
+                "pool_at": list(recipe.pool_at),
+                "bottleneck": recipe.bottleneck,
+                "epochs": recipe.epochs,
+                "device_dim": cfg.device_dim,
+                "device_depth": cfg.device_depth,
+                "num_patches": cfg.num_patches,
+                "tasks": cfg.task_names,
+                "source_image_bytes": 64 if recipe.data == "digits" else None,
+                "device_input_bytes": cfg.image_size * cfg.image_size * cfg.in_channels,
+            },
+            "settings": {
+                "epochs": epochs,
+                "calibration_images": calib or "128 (export's default)",
+                "batches": batches,
+                "runs": runs,
+                "warmup": warmup,
+                "threads": threads,
+                "pool_at": [SplitConfig(p, 0).pool_text for p in pool_ats],
+                "bottleneck": bottlenecks,
+                "wire": wires,
+                "order": "all rows round-robin at each batch size, the first row rotating each round",
+                "flops": FLOPS_COUNTED,
+            },
             "machine": {**machine, "load_average_1_5_15_after": [round(v, 2) for v in os.getloadavg()]},
             "rows": rows,
             "funnel": funnel(rows, batches),
@@ -216,8 +250,9 @@ def _replace_dir(staging: Path, out: Path) -> None:
     replace(staging, out)
 
 
-def _train_and_export(recipe, configs: list[SplitConfig], wires: list[str], epochs: int, calib: str | None, staging: Path,
-                      log) -> tuple[list[dict], dict]:
+def _train_and_export(
+    recipe, configs: list[SplitConfig], wires: list[str], epochs: int, calib: str | None, staging: Path, log
+) -> tuple[list[dict], dict]:
     import torch
 
     from dtconvert.checkpoint import build_model, load_checkpoint
@@ -247,10 +282,19 @@ def _train_and_export(recipe, configs: list[SplitConfig], wires: list[str], epoc
         flops = device_flops(model.encoder, cfg)
         tokens, width = cfg.wire_shape
         for wire in wires:
-            log(f"[{n}/{len(configs)}] pool_at {c.pool_text}, bottleneck {c.bottleneck}: ExecuTorch {wire} export"
-                + (" and verification" if wire == "int8" else " and held-out evaluation"))
-            export_dir, manifest = run_export(ckpt_path, ["executorch"], precision=wire, calib=calib, out=folder / f"export-{wire}",
-                                              console=_silent_console(), verify=wire == "int8")
+            log(
+                f"[{n}/{len(configs)}] pool_at {c.pool_text}, bottleneck {c.bottleneck}: ExecuTorch {wire} export"
+                + (" and verification" if wire == "int8" else " and held-out evaluation")
+            )
+            export_dir, manifest = run_export(
+                ckpt_path,
+                ["executorch"],
+                precision=wire,
+                calib=calib,
+                out=folder / f"export-{wire}",
+                console=_silent_console(),
+                verify=wire == "int8",
+            )
             pte = next(a for a in manifest["artifacts"] if a["target"] == "executorch")
             if wire == "int8":
                 per_task = manifest["verification"]["metrics"][pte["path"]]["ExecuTorch XNNPACK"]["tasks"]
@@ -261,22 +305,38 @@ def _train_and_export(recipe, configs: list[SplitConfig], wires: list[str], epoc
                 device_accuracy = _fp32_wire_accuracy(model, export_dir / pte["path"], images, labels, tasks)
                 verified = None
                 path = "ExecuTorch fp32 .pte → fp32 wire → PyTorch decoder"
-            rows.append({
-                "config": c.id, "pool_at": list(c.pool_at), "pool_stages": len(c.pool_at), "bottleneck": c.bottleneck,
-                "wire": wire, "wire_shape": [tokens, width], "wire_bytes_per_image": tokens * width * (1 if wire == "int8" else 4),
-                "device_params": int(params), "device_flops": flops, "device_precision": wire,
-                "pte": str((export_dir / pte["path"]).relative_to(staging)), "pte_bytes": int(pte["bytes"]),
-                "heldout_images": len(images), "fp32_accuracy": fp32_accuracy, "device_accuracy": device_accuracy,
-                "accuracy_change_points": {t: round(100.0 * (device_accuracy[t] - fp32_accuracy[t]), 4) for t in tasks},
-                "device_path": path, "verified": verified, "train_seconds": round(train_seconds, 2), "latency": {},
-            })
-            log(f"[{n}/{len(configs)}]   {wire} wire {tokens}×{width} = {rows[-1]['wire_bytes_per_image']:,} B/image: "
-                + ", ".join(f"{t} fp32 {fp32_accuracy[t]:.2%} → ExecuTorch {device_accuracy[t]:.2%}" for t in tasks))
+            rows.append(
+                {
+                    "config": c.id,
+                    "pool_at": list(c.pool_at),
+                    "pool_stages": len(c.pool_at),
+                    "bottleneck": c.bottleneck,
+                    "wire": wire,
+                    "wire_shape": [tokens, width],
+                    "wire_bytes_per_image": tokens * width * (1 if wire == "int8" else 4),
+                    "device_params": int(params),
+                    "device_flops": flops,
+                    "device_precision": wire,
+                    "pte": str((export_dir / pte["path"]).relative_to(staging)),
+                    "pte_bytes": int(pte["bytes"]),
+                    "heldout_images": len(images),
+                    "fp32_accuracy": fp32_accuracy,
+                    "device_accuracy": device_accuracy,
+                    "accuracy_change_points": {t: round(100.0 * (device_accuracy[t] - fp32_accuracy[t]), 4) for t in tasks},
+                    "device_path": path,
+                    "verified": verified,
+                    "train_seconds": round(train_seconds, 2),
+                    "latency": {},
+                }
+            )
+            log(
+                f"[{n}/{len(configs)}]   {wire} wire {tokens}×{width} = {rows[-1]['wire_bytes_per_image']:,} B/image: "
+                + ", ".join(f"{t} fp32 {fp32_accuracy[t]:.2%} → ExecuTorch {device_accuracy[t]:.2%}" for t in tasks)
+            )
     return rows, checkpoints
 
 
-def _time_rows(rows: list[dict], checkpoints: dict, batches: list[int], runs: int, warmup: int, threads: int,
-               staging: Path, log) -> None:
+def _time_rows(rows: list[dict], checkpoints: dict, batches: list[int], runs: int, warmup: int, threads: int, staging: Path, log) -> None:
     """ExecuTorch latency of every row at every batch, interleaved across rows."""
     import gc
 
@@ -308,8 +368,9 @@ def _time_rows(rows: list[dict], checkpoints: dict, batches: list[int], runs: in
                 if row["config"] not in calibration_cache:
                     calibration_cache[row["config"]] = calibration_for(ckpt, load_manifest(export_dir))
                 path = work / f"{i}_b{b}.pte"
-                quantized[(i, "q")] = lower_executorch(ckpt, row["wire"], b, calibration_cache[row["config"]], path, work,
-                                                       quantized=quantized.get((i, "q")))
+                quantized[(i, "q")] = lower_executorch(
+                    ckpt, row["wire"], b, calibration_cache[row["config"]], path, work, quantized=quantized.get((i, "q"))
+                )
                 programs[(i, b)] = (str(path), f"re-lowered at batch {b} from the configuration's checkpoint")
         torch.set_num_threads(threads)
         gc.collect()
@@ -319,8 +380,12 @@ def _time_rows(rows: list[dict], checkpoints: dict, batches: list[int], runs: in
             image_shape = checkpoints[rows[0]["config"]]["preprocessing"]
             size, channels = image_shape["size"], image_shape["channels"]
             inputs = np.random.default_rng(0).standard_normal((b, channels, *size)).astype(np.float32)
-            calls = {str(i): build_call({"kind": "executorch", "path": programs[(i, b)][0], "batch": b, "loop": False, "extra": {}},
-                                        threads, inputs) for i in range(len(rows))}
+            calls = {
+                str(i): build_call(
+                    {"kind": "executorch", "path": programs[(i, b)][0], "batch": b, "loop": False, "extra": {}}, threads, inputs
+                )
+                for i in range(len(rows))
+            }
             seconds = time_interleaved(calls, warmup, runs)
             calls.clear()
             gc.collect()
@@ -343,11 +408,20 @@ def funnel(rows: list[dict], batches: list[int]) -> list[dict]:
                 continue
             for batch in batches:
                 gain = b["latency"][str(batch)]["images_per_s"] / a["latency"][str(batch)]["images_per_s"]
-                steps.append({"from": a["config"], "to": b["config"], "wire": a["wire"], "batch": batch,
-                              "added_stage_before_layer": min(set(b["pool_at"]) - set(a["pool_at"])),
-                              "throughput_gain": gain,
-                              "device_accuracy_change_points": {t: 100.0 * (b["device_accuracy"][t] - a["device_accuracy"][t]) for t in a["device_accuracy"]},
-                              "wire_bytes": [a["wire_bytes_per_image"], b["wire_bytes_per_image"]]})
+                steps.append(
+                    {
+                        "from": a["config"],
+                        "to": b["config"],
+                        "wire": a["wire"],
+                        "batch": batch,
+                        "added_stage_before_layer": min(set(b["pool_at"]) - set(a["pool_at"])),
+                        "throughput_gain": gain,
+                        "device_accuracy_change_points": {
+                            t: 100.0 * (b["device_accuracy"][t] - a["device_accuracy"][t]) for t in a["device_accuracy"]
+                        },
+                        "wire_bytes": [a["wire_bytes_per_image"], b["wire_bytes_per_image"]],
+                    }
+                )
     return steps
 
 
@@ -382,8 +456,10 @@ def validate_sweep(report: dict, root: Path | None = None) -> list[str]:
         if width != (row["bottleneck"] or recipe["device_dim"]):
             problems.append(f"{name}: wire width {width} does not match bottleneck {row['bottleneck']}")
         if row["wire_bytes_per_image"] != tokens * width * (1 if row["wire"] == "int8" else 4):
-            problems.append(f"{name}: wire_bytes_per_image {row['wire_bytes_per_image']} is not {tokens} × {width} × "
-                            f"{1 if row['wire'] == 'int8' else 4} bytes")
+            problems.append(
+                f"{name}: wire_bytes_per_image {row['wire_bytes_per_image']} is not {tokens} × {width} × "
+                f"{1 if row['wire'] == 'int8' else 4} bytes"
+            )
         for task, change in row["accuracy_change_points"].items():
             want = 100.0 * (row["device_accuracy"][task] - row["fp32_accuracy"][task])
             if abs(change - want) > 1e-3:
@@ -410,8 +486,10 @@ def validate_sweep(report: dict, root: Path | None = None) -> list[str]:
             continue
         want = b["latency"][str(step["batch"])]["images_per_s"] / a["latency"][str(step["batch"])]["images_per_s"]
         if not _close(step["throughput_gain"], want):
-            problems.append(f"funnel {step['from']} → {step['to']} batch {step['batch']}: throughput_gain {step['throughput_gain']} "
-                            f"is not the ratio of the rows' throughputs ({want:.6g})")
+            problems.append(
+                f"funnel {step['from']} → {step['to']} batch {step['batch']}: throughput_gain {step['throughput_gain']} "
+                f"is not the ratio of the rows' throughputs ({want:.6g})"
+            )
     return problems
 
 
@@ -422,53 +500,113 @@ def _fmt_acc(row: dict, key: str) -> str:
 def markdown_table(report: dict) -> str:
     tasks = report["recipe"]["tasks"]
     batches = report["settings"]["batches"]
-    head = (["pool_at", "bottleneck", "wire", "wire shape", "B/image", "device params", "device MFLOPs",
-             f"fp32 acc ({' / '.join(tasks)})", f"ExecuTorch acc ({' / '.join(tasks)})", "Δ points"]
-            + [f"ET ms b{b} (p90)" for b in batches] + [f"img/s b{b}" for b in batches if b > 1] + ["verify"])
+    head = (
+        [
+            "pool_at",
+            "bottleneck",
+            "wire",
+            "wire shape",
+            "B/image",
+            "device params",
+            "device MFLOPs",
+            f"fp32 acc ({' / '.join(tasks)})",
+            f"ExecuTorch acc ({' / '.join(tasks)})",
+            "Δ points",
+        ]
+        + [f"ET ms b{b} (p90)" for b in batches]
+        + [f"img/s b{b}" for b in batches if b > 1]
+        + ["verify"]
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in report["rows"]:
-        cells = ["+".join(map(str, row["pool_at"])) or "none", str(row["bottleneck"]), row["wire"],
-                 f"{row['wire_shape'][0]}×{row['wire_shape'][1]}", f"{row['wire_bytes_per_image']:,}", f"{row['device_params']:,}",
-                 f"{row['device_flops'] / 1e6:.2f}", _fmt_acc(row, "fp32_accuracy"), _fmt_acc(row, "device_accuracy"),
-                 " / ".join(f"{v:+.2f}" for v in row["accuracy_change_points"].values())]
+        cells = [
+            "+".join(map(str, row["pool_at"])) or "none",
+            str(row["bottleneck"]),
+            row["wire"],
+            f"{row['wire_shape'][0]}×{row['wire_shape'][1]}",
+            f"{row['wire_bytes_per_image']:,}",
+            f"{row['device_params']:,}",
+            f"{row['device_flops'] / 1e6:.2f}",
+            _fmt_acc(row, "fp32_accuracy"),
+            _fmt_acc(row, "device_accuracy"),
+            " / ".join(f"{v:+.2f}" for v in row["accuracy_change_points"].values()),
+        ]
         cells += [f"{row['latency'][str(b)]['median_ms']:.3f} ({row['latency'][str(b)]['p90_ms']:.3f})" for b in batches]
         cells += [f"{row['latency'][str(b)]['images_per_s']:,.0f}" for b in batches if b > 1]
         cells.append({True: "pass", False: "FAIL", None: "—"}[row["verified"]])
         lines.append("| " + " | ".join(cells) + " |")
     if report["funnel"]:
-        lines += ["", "Funnel: each added 2× pooling stage, same bottleneck and wire (ExecuTorch XNNPACK throughput).", "",
-                  "| from → to | wire | batch | throughput gain | Δ ExecuTorch acc (points) | wire B/image |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Funnel: each added 2× pooling stage, same bottleneck and wire (ExecuTorch XNNPACK throughput).",
+            "",
+            "| from → to | wire | batch | throughput gain | Δ ExecuTorch acc (points) | wire B/image |",
+            "|---|---|---|---|---|---|",
+        ]
         for s in report["funnel"]:
             change = " / ".join(f"{v:+.2f}" for v in s["device_accuracy_change_points"].values())
-            lines.append(f"| {s['from']} → {s['to']} | {s['wire']} | {s['batch']} | {s['throughput_gain']:.2f}× | {change} | "
-                         f"{s['wire_bytes'][0]:,} → {s['wire_bytes'][1]:,} |")
+            lines.append(
+                f"| {s['from']} → {s['to']} | {s['wire']} | {s['batch']} | {s['throughput_gain']:.2f}× | {change} | "
+                f"{s['wire_bytes'][0]:,} → {s['wire_bytes'][1]:,} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def write_csv(report: dict, path: Path) -> None:
     tasks = report["recipe"]["tasks"]
     batches = report["settings"]["batches"]
-    fields = (["config", "pool_at", "pool_stages", "bottleneck", "wire", "wire_tokens", "wire_width", "wire_bytes_per_image",
-               "device_params", "device_flops", "pte_bytes"]
-              + [f"fp32_accuracy_{t}" for t in tasks] + [f"device_accuracy_{t}" for t in tasks] + [f"accuracy_change_points_{t}" for t in tasks]
-              + [f"{k}_b{b}" for b in batches for k in ("median_ms", "p90_ms", "images_per_s")] + ["verified", "train_seconds"])
+    fields = (
+        [
+            "config",
+            "pool_at",
+            "pool_stages",
+            "bottleneck",
+            "wire",
+            "wire_tokens",
+            "wire_width",
+            "wire_bytes_per_image",
+            "device_params",
+            "device_flops",
+            "pte_bytes",
+        ]
+        + [f"fp32_accuracy_{t}" for t in tasks]
+        + [f"device_accuracy_{t}" for t in tasks]
+        + [f"accuracy_change_points_{t}" for t in tasks]
+        + [f"{k}_b{b}" for b in batches for k in ("median_ms", "p90_ms", "images_per_s")]
+        + ["verified", "train_seconds"]
+    )
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         for row in report["rows"]:
-            record = {"config": row["config"], "pool_at": "+".join(map(str, row["pool_at"])) or "none", "pool_stages": row["pool_stages"],
-                      "bottleneck": row["bottleneck"], "wire": row["wire"], "wire_tokens": row["wire_shape"][0],
-                      "wire_width": row["wire_shape"][1], "wire_bytes_per_image": row["wire_bytes_per_image"],
-                      "device_params": row["device_params"], "device_flops": row["device_flops"], "pte_bytes": row["pte_bytes"],
-                      "verified": "" if row["verified"] is None else row["verified"], "train_seconds": row["train_seconds"]}
+            record = {
+                "config": row["config"],
+                "pool_at": "+".join(map(str, row["pool_at"])) or "none",
+                "pool_stages": row["pool_stages"],
+                "bottleneck": row["bottleneck"],
+                "wire": row["wire"],
+                "wire_tokens": row["wire_shape"][0],
+                "wire_width": row["wire_shape"][1],
+                "wire_bytes_per_image": row["wire_bytes_per_image"],
+                "device_params": row["device_params"],
+                "device_flops": row["device_flops"],
+                "pte_bytes": row["pte_bytes"],
+                "verified": "" if row["verified"] is None else row["verified"],
+                "train_seconds": row["train_seconds"],
+            }
             for t in tasks:
                 record[f"fp32_accuracy_{t}"] = row["fp32_accuracy"][t]
                 record[f"device_accuracy_{t}"] = row["device_accuracy"][t]
                 record[f"accuracy_change_points_{t}"] = round(row["accuracy_change_points"][t], 4)
             for b in batches:
                 lat = row["latency"][str(b)]
-                record.update({f"median_ms_b{b}": round(lat["median_ms"], 5), f"p90_ms_b{b}": round(lat["p90_ms"], 5),
-                               f"images_per_s_b{b}": round(lat["images_per_s"], 2)})
+                record.update(
+                    {
+                        f"median_ms_b{b}": round(lat["median_ms"], 5),
+                        f"p90_ms_b{b}": round(lat["p90_ms"], 5),
+                        f"images_per_s_b{b}": round(lat["images_per_s"], 2),
+                    }
+                )
             writer.writerow(record)
 
 
@@ -491,14 +629,32 @@ def plot_sweep(report: dict, path: Path) -> None:
     points = []
     for row, latency in zip(rows, latencies):
         x, y = row["wire_bytes_per_image"], 100 * row["device_accuracy"][task]
-        ax.scatter(x, y, s=40 + latency * scale, color=colors(row["pool_stages"] / max_stages * 0.9),
-                   marker="o" if row["wire"] == "int8" else "s", alpha=0.7, edgecolors="black", linewidths=0.6)
+        ax.scatter(
+            x,
+            y,
+            s=40 + latency * scale,
+            color=colors(row["pool_stages"] / max_stages * 0.9),
+            marker="o" if row["wire"] == "int8" else "s",
+            alpha=0.7,
+            edgecolors="black",
+            linewidths=0.6,
+        )
         points.append((x, y, f"{'+'.join(map(str, row['pool_at'])) or 'none'} b{row['bottleneck']} {row['wire']} {latency:.2f} ms"))
     source = report["recipe"].get("source_image_bytes")
     if source:
         ax.axvline(source, color="grey", linestyle="--", linewidth=1)
-        ax.annotate(f"raw {source} B image", (source, 1.0), xycoords=("data", "axes fraction"), xytext=(-3, -3),
-                    textcoords="offset points", rotation=90, ha="right", va="top", fontsize=7, color="grey")
+        ax.annotate(
+            f"raw {source} B image",
+            (source, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(-3, -3),
+            textcoords="offset points",
+            rotation=90,
+            ha="right",
+            va="top",
+            fontsize=7,
+            color="grey",
+        )
     ax.set_xscale("log")
     xs = [x for x, _, _ in points]
     ax.set_xlim(min(xs) / 1.4, max(xs) * 3.5)  # room for the labels of the widest wire
@@ -506,17 +662,27 @@ def plot_sweep(report: dict, path: Path) -> None:
     ax.set_ylabel(f"held-out {task} accuracy through ExecuTorch, %")
     ax.set_title(f"accuracy vs bytes · marker area ∝ ExecuTorch latency at batch {batches[0]} (labels: ms)", fontsize=10)
     ax.grid(alpha=0.3, which="both")
-    handles = [Line2D([], [], marker="o", linestyle="", color="grey", label="int8 wire (int8 .pte)"),
-               Line2D([], [], marker="s", linestyle="", color="grey", label="fp32 wire (fp32 .pte)")]
-    handles += [Line2D([], [], marker="o", linestyle="", color=colors(k / max_stages * 0.9), label=f"{k} pooling stage{'s' if k != 1 else ''}")
-                for k in sorted({r["pool_stages"] for r in rows})]
+    handles = [
+        Line2D([], [], marker="o", linestyle="", color="grey", label="int8 wire (int8 .pte)"),
+        Line2D([], [], marker="s", linestyle="", color="grey", label="fp32 wire (fp32 .pte)"),
+    ]
+    handles += [
+        Line2D([], [], marker="o", linestyle="", color=colors(k / max_stages * 0.9), label=f"{k} pooling stage{'s' if k != 1 else ''}")
+        for k in sorted({r["pool_stages"] for r in rows})
+    ]
     ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3)
-    for (bottleneck, wire) in sorted({(r["bottleneck"], r["wire"]) for r in rows}):
+    for bottleneck, wire in sorted({(r["bottleneck"], r["wire"]) for r in rows}):
         for b, style in zip(batches, ("-", "--", ":", "-.")):
-            series = sorted((r["pool_stages"], r["latency"][str(b)]["images_per_s"]) for r in rows
-                            if (r["bottleneck"], r["wire"]) == (bottleneck, wire))
-            ax2.plot([s for s, _ in series], [v for _, v in series], style, marker="o" if wire == "int8" else "s",
-                     label=f"b{bottleneck} {wire}, batch {b}")
+            series = sorted(
+                (r["pool_stages"], r["latency"][str(b)]["images_per_s"]) for r in rows if (r["bottleneck"], r["wire"]) == (bottleneck, wire)
+            )
+            ax2.plot(
+                [s for s, _ in series],
+                [v for _, v in series],
+                style,
+                marker="o" if wire == "int8" else "s",
+                label=f"b{bottleneck} {wire}, batch {b}",
+            )
     ax2.set_xlabel("pooling stages (each halves the tokens)")
     ax2.set_ylabel("ExecuTorch XNNPACK images/s (median)")
     ax2.set_yscale("log")
@@ -525,8 +691,11 @@ def plot_sweep(report: dict, path: Path) -> None:
     ax2.grid(alpha=0.3, which="both")
     ax2.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
     machine, epochs = report["machine"], report["settings"]["epochs"]
-    fig.suptitle(f"dtconvert sweep {report['recipe']['name']}: {epochs} epoch{'s' if epochs != 1 else ''} per configuration · "
-                 f"{machine['usable_cpus']} CPUs, {machine['cpu_model']}", fontsize=10)
+    fig.suptitle(
+        f"dtconvert sweep {report['recipe']['name']}: {epochs} epoch{'s' if epochs != 1 else ''} per configuration · "
+        f"{machine['usable_cpus']} CPUs, {machine['cpu_model']}",
+        fontsize=10,
+    )
     fig.tight_layout()
     _place_labels(fig, ax, points)  # last: the label search needs the final scales and layout
     fig.savefig(path, format="png", dpi=130, bbox_inches="tight")
@@ -536,8 +705,16 @@ def plot_sweep(report: dict, path: Path) -> None:
 def _place_labels(fig, ax, points: list[tuple[float, float, str]]) -> None:
     """Label each point beside it, trying a few offsets until the label overlaps no earlier one
     (points of equal bytes and similar accuracy are common in a sweep)."""
-    offsets = [(9, 3, "left"), (-9, 3, "right"), (9, -11, "left"), (-9, -11, "right"), (9, 13, "left"), (-9, 13, "right"),
-               (9, -21, "left"), (-9, -21, "right")]
+    offsets = [
+        (9, 3, "left"),
+        (-9, 3, "right"),
+        (9, -11, "left"),
+        (-9, -11, "right"),
+        (9, 13, "left"),
+        (-9, 13, "right"),
+        (9, -21, "left"),
+        (-9, -21, "right"),
+    ]
     fig.canvas.draw()
     taken = []
     for x, y, text in points:
@@ -556,7 +733,10 @@ def _place_labels(fig, ax, points: list[tuple[float, float, str]]) -> None:
 def write_outputs(report: dict, folder: Path) -> None:
     (folder / "sweep.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     write_csv(report, folder / "sweep.csv")
-    (folder / "sweep.md").write_text(f"# dtconvert sweep {report['recipe']['name']}\n\n"
-                                     + (f"`{report['command']}`\n\n" if report.get("command") else "")
-                                     + markdown_table(report), encoding="utf-8")
+    (folder / "sweep.md").write_text(
+        f"# dtconvert sweep {report['recipe']['name']}\n\n"
+        + (f"`{report['command']}`\n\n" if report.get("command") else "")
+        + markdown_table(report),
+        encoding="utf-8",
+    )
     plot_sweep(report, folder / "sweep.png")

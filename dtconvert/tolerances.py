@@ -23,8 +23,15 @@ from pathlib import Path
 
 from dtconvert.errors import UserError
 
-KEYS = ("wire_max_abs", "min_wire_cosine", "min_wire_sqnr_db", "min_top1_agreement", "max_accuracy_drop",
-        "max_delegate_partitions", "max_ops_outside_delegate")
+KEYS = (
+    "wire_max_abs",
+    "min_wire_cosine",
+    "min_wire_sqnr_db",
+    "min_top1_agreement",
+    "max_accuracy_drop",
+    "max_delegate_partitions",
+    "max_ops_outside_delegate",
+)
 END_TO_END = {"min_top1_agreement": 0.995, "max_accuracy_drop": 0.5}
 # The default int8 wire must stay within 38 dB of fp32 (error power ≤ 1/6300 of the signal's);
 # the cosine floor catches a broken program (coremltools' wrapped scalars gave −0.03) in words
@@ -40,12 +47,21 @@ SPLIT = UNDELEGATED
 NOT_A_WIRE = {"wire_max_abs": None, "min_wire_cosine": None, "min_wire_sqnr_db": None}
 
 DEFAULT_TOLERANCES: dict[str, dict[str, dict[str, float | None]]] = {
-    "executorch": {"fp32": {**FP32_WIRE, **END_TO_END, **WHOLE}, "int8": {**INT8_WIRE, **END_TO_END, **WHOLE},
-                   "int8-static": {**STATIC_WIRE, **END_TO_END, **WHOLE}},
-    "tflite": {"fp32": {**FP32_WIRE, **END_TO_END, **WHOLE}, "int8": {**INT8_WIRE, **END_TO_END, **WHOLE},
-               "int8-static": {**STATIC_WIRE, **END_TO_END, **SPLIT}},
-    "coreml": {"fp32": {**FP32_WIRE, **END_TO_END, **UNDELEGATED}, "int8": {**INT8_WIRE, **END_TO_END, **UNDELEGATED},
-               "int8-static": {**STATIC_WIRE, **END_TO_END, **UNDELEGATED}},
+    "executorch": {
+        "fp32": {**FP32_WIRE, **END_TO_END, **WHOLE},
+        "int8": {**INT8_WIRE, **END_TO_END, **WHOLE},
+        "int8-static": {**STATIC_WIRE, **END_TO_END, **WHOLE},
+    },
+    "tflite": {
+        "fp32": {**FP32_WIRE, **END_TO_END, **WHOLE},
+        "int8": {**INT8_WIRE, **END_TO_END, **WHOLE},
+        "int8-static": {**STATIC_WIRE, **END_TO_END, **SPLIT},
+    },
+    "coreml": {
+        "fp32": {**FP32_WIRE, **END_TO_END, **UNDELEGATED},
+        "int8": {**INT8_WIRE, **END_TO_END, **UNDELEGATED},
+        "int8-static": {**STATIC_WIRE, **END_TO_END, **UNDELEGATED},
+    },
     "torchscript": {p: {**NOT_A_WIRE, **END_TO_END, **UNDELEGATED} for p in ("fp32", "int8", "int8-static")},
 }
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from dtconvert.data import TaskData, load_task_data, normalize, stratified_split
 from dtconvert.errors import UserError
 from dtconvert.gradnorm import GradNorm
 from dtconvert.model import DeviceTuningModel, ModelConfig
+from dtconvert.output import console as make_console
 from dtconvert.recipe import Recipe
 
 
@@ -61,7 +62,9 @@ def _lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
 
 
 @torch.no_grad()
-def evaluate(model: DeviceTuningModel, data: TaskData, index: list[int], recipe_mean, recipe_std, device, batch_size: int = 256) -> dict[str, float]:
+def evaluate(
+    model: DeviceTuningModel, data: TaskData, index: list[int], recipe_mean, recipe_std, device, batch_size: int = 256
+) -> dict[str, float]:
     """Top-1 accuracy per task on the given samples."""
     model.eval()
     correct = np.zeros(len(data.tasks), dtype=np.int64)
@@ -91,9 +94,7 @@ def _prepare_tuning(recipe: Recipe, cfg: ModelConfig, init_path: Path) -> tuple[
     """Check an init checkpoint fits the recipe; return it and its state dict."""
     init = load_checkpoint(init_path)
     init_cfg = model_config_of(init, init_path)
-    differ = [
-        k for k, v in cfg.to_dict().items() if k != "tasks" and init_cfg.to_dict()[k] != v
-    ]
+    differ = [k for k, v in cfg.to_dict().items() if k != "tasks" and init_cfg.to_dict()[k] != v]
     if differ:
         k = differ[0]
         raise UserError(
@@ -106,10 +107,16 @@ def _prepare_tuning(recipe: Recipe, cfg: ModelConfig, init_path: Path) -> tuple[
     return init, init["state_dict"]
 
 
-def train(recipe: Recipe, out_dir: str | Path, init: str | Path | None = None, tune: str | None = None,
-          console: Console | None = None, show_progress: bool = True) -> dict:
+def train(
+    recipe: Recipe,
+    out_dir: str | Path,
+    init: str | Path | None = None,
+    tune: str | None = None,
+    console: Console | None = None,
+    show_progress: bool = True,
+) -> dict:
     """Train ``recipe``; write ``out_dir/ckpt.pt`` atomically and return the checkpoint dict."""
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     tune = tune or recipe.tune
     if tune != "none" and init is None:
         raise UserError(f"recipe {recipe.name}: tune '{tune}' needs --init CHECKPOINT (the model whose cloud half is kept)")
@@ -123,7 +130,9 @@ def train(recipe: Recipe, out_dir: str | Path, init: str | Path | None = None, t
         # Evaluate on exactly the images the init checkpoint held out.
         split = init_ckpt["data"]["split"]
         if init_ckpt["data"]["source"].get("images") != len(data):
-            raise UserError(f"{init}: was trained on {init_ckpt['data']['source'].get('images')} images, recipe {recipe.name}'s data has {len(data)}")
+            raise UserError(
+                f"{init}: was trained on {init_ckpt['data']['source'].get('images')} images, recipe {recipe.name}'s data has {len(data)}"
+            )
         train_idx, heldout_idx = list(split["train"]), list(split["heldout"])
         split_seed, heldout_fraction = split["seed"], split["heldout_fraction"]
     else:
@@ -168,8 +177,14 @@ def train(recipe: Recipe, out_dir: str | Path, init: str | Path | None = None, t
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console, disable=not show_progress or rank != 0, transient=True,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not show_progress or rank != 0,
+        transient=True,
     )
     step = 0
     with progress:
@@ -212,7 +227,9 @@ def train(recipe: Recipe, out_dir: str | Path, init: str | Path | None = None, t
             if rank == 0:
                 console.print(
                     f"epoch {epoch + 1:>3}/{recipe.epochs}  "
-                    + "  ".join(f"{n}: loss {record['loss'][n]:.3f} w {record['weights'][n]:.2f} held-out {accuracy[n]:.1%}" for n in cfg.task_names),
+                    + "  ".join(
+                        f"{n}: loss {record['loss'][n]:.3f} w {record['weights'][n]:.2f} held-out {accuracy[n]:.1%}" for n in cfg.task_names
+                    ),
                     highlight=False,
                 )
             progress.advance(epoch_bar)
@@ -220,14 +237,17 @@ def train(recipe: Recipe, out_dir: str | Path, init: str | Path | None = None, t
     train_seconds = time.perf_counter() - start
     model.cpu().eval()
     if frozen_cloud is not None:
-        changed = [k for k, v in model.decoder.state_dict().items() if k in frozen_cloud and not torch.equal(v, frozen_cloud[k])
-                   and not (k.startswith("heads.") and k.split(".")[1] in new_tasks)]
+        changed = [
+            k
+            for k, v in model.decoder.state_dict().items()
+            if k in frozen_cloud and not torch.equal(v, frozen_cloud[k]) and not (k.startswith("heads.") and k.split(".")[1] in new_tasks)
+        ]
         if changed:  # a bug, not a user error: the shared cloud must not move during device tuning
             raise AssertionError(f"device tuning changed shared cloud weights: {changed[:3]}")
 
     checkpoint = {
         "dtconvert_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "model_config": cfg.to_dict(),
         "state_dict": model.state_dict(),
         "tasks": [{"name": name, "labels": list(labels)} for name, labels in data.tasks],

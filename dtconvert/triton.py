@@ -95,11 +95,14 @@ def write_cloud(export_dirs: list[Path], out: Path) -> dict:
         for variant in cloud.variants.values():
             _write_ensemble(repo, variant, tokens, width)
         description = {
-            "format": "dtconvert-cloud", "format_version": 1,
+            "format": "dtconvert-cloud",
+            "format_version": 1,
             "trunk_sha256": variant_identity(cloud),
             "triton": {"repository": "triton", "trunk_model": TRUNK_MODEL, "max_batch_size": MAX_BATCH},
-            "variants": [{**v.summary(), "export": str(v.export_dir), "ensemble": ensemble_name(v),
-                          "heads": [head_model_name(k) for k in v.heads]} for v in cloud.variants.values()],
+            "variants": [
+                {**v.summary(), "export": str(v.export_dir), "ensemble": ensemble_name(v), "heads": [head_model_name(k) for k in v.heads]}
+                for v in cloud.variants.values()
+            ],
         }
         (staging / "cloud.json").write_text(json.dumps(description, indent=2) + "\n")
         if out.exists():
@@ -133,9 +136,15 @@ def _save(module: nn.Module, example: tuple, path: Path) -> None:
 
 def _write_trunk(repo: Path, cloud, tokens: int, width: int, feature_dim: int) -> None:
     v = next(iter(cloud.variants.values()))
-    example = (torch.zeros((2, tokens, width), dtype=torch.int8), torch.full((2, 1), v.scale), torch.full((2, 1), v.zero_point, dtype=torch.int32))
+    example = (
+        torch.zeros((2, tokens, width), dtype=torch.int8),
+        torch.full((2, 1), v.scale),
+        torch.full((2, 1), v.zero_point, dtype=torch.int32),
+    )
     _save(_Trunk(cloud.trunk), example, repo / TRUNK_MODEL / "1" / "model.pt")
-    (repo / TRUNK_MODEL / "config.pbtxt").write_text(f"""# The shared cloud trunk of {len(cloud.variants)} device variant(s): {', '.join(cloud.model_ids)}.
+    (
+        repo / TRUNK_MODEL / "config.pbtxt"
+    ).write_text(f"""# The shared cloud trunk of {len(cloud.variants)} device variant(s): {", ".join(cloud.model_ids)}.
 # Every row carries its own variant's scale and zero point, so one dynamic batch serves every variant.
 name: "{TRUNK_MODEL}"
 platform: "pytorch_libtorch"
@@ -178,8 +187,9 @@ instance_group [ {{ kind: KIND_CPU, count: 1 }} ]
 def _write_ensemble(repo: Path, variant, tokens: int, width: int) -> None:
     name = ensemble_name(variant)
     (repo / name / "1").mkdir(parents=True)  # an ensemble has no model file, but Triton wants its version folder
-    outputs = ",\n".join(f'  {{ name: "OUTPUT__{i}" data_type: TYPE_FP32 dims: [ {len(variant.labels[t])} ] }}'
-                         for i, t in enumerate(variant.tasks))
+    outputs = ",\n".join(
+        f'  {{ name: "OUTPUT__{i}" data_type: TYPE_FP32 dims: [ {len(variant.labels[t])} ] }}' for i, t in enumerate(variant.tasks)
+    )
     trunk_step = f"""    {{
       model_name: "{TRUNK_MODEL}"
       model_version: -1
@@ -188,14 +198,19 @@ def _write_ensemble(repo: Path, variant, tokens: int, width: int) -> None:
       input_map {{ key: "INPUT__2" value: "INPUT__2" }}
       output_map {{ key: "OUTPUT__0" value: "feature" }}
     }}"""
-    head_steps = [f"""    {{
+    head_steps = [
+        f"""    {{
       model_name: "{head_model_name(key)}"
       model_version: -1
       input_map {{ key: "INPUT__0" value: "feature" }}
       output_map {{ key: "OUTPUT__0" value: "OUTPUT__{i}" }}
-    }}""" for i, key in enumerate(variant.heads)]
-    (repo / name / "config.pbtxt").write_text(f"""# Device variant {variant.manifest['model']['name']} (model id {variant.model_id}): the shared trunk, then its heads.
-# OUTPUT__i follows its tasks' order: {', '.join(variant.tasks)}. Scale {variant.scale!r}, zero point {variant.zero_point}.
+    }}"""
+        for i, key in enumerate(variant.heads)
+    ]
+    (
+        repo / name / "config.pbtxt"
+    ).write_text(f"""# Device variant {variant.manifest["model"]["name"]} (model id {variant.model_id}): the shared trunk, then its heads.
+# OUTPUT__i follows its tasks' order: {", ".join(variant.tasks)}. Scale {variant.scale!r}, zero point {variant.zero_point}.
 name: "{name}"
 platform: "ensemble"
 max_batch_size: {MAX_BATCH}
@@ -209,7 +224,7 @@ output [
 ]
 ensemble_scheduling {{
   step [
-{(',' + chr(10)).join([trunk_step, *head_steps])}
+{("," + chr(10)).join([trunk_step, *head_steps])}
   ]
 }}
 """)

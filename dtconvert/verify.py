@@ -34,6 +34,7 @@ from dtconvert.manifest import describe_file, load_manifest
 from dtconvert.metrics import accuracy, cosine_similarity, max_abs_error, sqnr_db, top1_agreement
 from dtconvert.tolerances import load_tolerances
 
+
 @dataclass
 class Check:
     artifact: str  # the artifact's path in the manifest, or "manifest"
@@ -61,19 +62,37 @@ class Report:
         self.checks.append(Check(artifact, runtime, check, bool(passed), detail))
 
     def to_json(self) -> dict:
-        return {"export_dir": self.export_dir, "passed": self.passed, "samples": self.samples, "data": self.data,
-                "seconds": round(self.seconds, 2), "metrics": self.metrics, "structure": self.structure,
-                "checks": [asdict(c) for c in self.checks]}
+        return {
+            "export_dir": self.export_dir,
+            "passed": self.passed,
+            "samples": self.samples,
+            "data": self.data,
+            "seconds": round(self.seconds, 2),
+            "metrics": self.metrics,
+            "structure": self.structure,
+            "checks": [asdict(c) for c in self.checks],
+        }
 
     def summary(self) -> dict:
         """What export records in the manifest."""
-        return {"passed": self.passed, "samples": self.samples, "data": self.data, "metrics": self.metrics, "structure": self.structure,
-                "failed": [asdict(c) for c in self.checks if not c.passed],
-                "checks": len(self.checks)}
+        return {
+            "passed": self.passed,
+            "samples": self.samples,
+            "data": self.data,
+            "metrics": self.metrics,
+            "structure": self.structure,
+            "failed": [asdict(c) for c in self.checks if not c.passed],
+            "checks": len(self.checks),
+        }
 
     def to_junit(self) -> str:
-        suite = ElementTree.Element("testsuite", name="dtconvert verify", tests=str(len(self.checks)),
-                                    failures=str(sum(not c.passed for c in self.checks)), time=f"{self.seconds:.2f}")
+        suite = ElementTree.Element(
+            "testsuite",
+            name="dtconvert verify",
+            tests=str(len(self.checks)),
+            failures=str(sum(not c.passed for c in self.checks)),
+            time=f"{self.seconds:.2f}",
+        )
         for c in self.checks:
             case = ElementTree.SubElement(suite, "testcase", classname=c.artifact, name=f"{c.runtime}: {c.check}")
             if not c.passed:
@@ -175,8 +194,14 @@ def _run_batched(run, images: np.ndarray) -> np.ndarray:
 # ---- the verifier -----------------------------------------------------------------------------
 
 
-def verify_export(export_dir: Path, data: Path | None = None, digits: bool = False, tolerance_file: Path | None = None,
-                  limit: int | None = None, log=print) -> Report:
+def verify_export(
+    export_dir: Path,
+    data: Path | None = None,
+    digits: bool = False,
+    tolerance_file: Path | None = None,
+    limit: int | None = None,
+    log=print,
+) -> Report:
     """Run every check on an export directory; never raises for a failed check, only for bad input."""
     import torch
 
@@ -206,7 +231,13 @@ def verify_export(export_dir: Path, data: Path | None = None, digits: bool = Fal
         intact = False
         changed = [f for f, h in fresh.get("files", {}).items() if entry.get("files", {}).get(f) != h]
         where = f"{entry['path']}/{changed[0]}" if changed else entry["path"]
-        report.add(entry["path"], "-", "sha256", False, f"{where}: sha256 {fresh['sha256'][:16]}… does not match the manifest's {entry['sha256'][:16]}…")
+        report.add(
+            entry["path"],
+            "-",
+            "sha256",
+            False,
+            f"{where}: sha256 {fresh['sha256'][:16]}… does not match the manifest's {entry['sha256'][:16]}…",
+        )
     golden = manifest.get("golden")
     if golden is not None:
         from dtconvert.checkpoint import sha256_file
@@ -215,7 +246,13 @@ def verify_export(export_dir: Path, data: Path | None = None, digits: bool = Fal
             path = export_dir / golden["path"] / name
             ok = path.is_file() and sha256_file(path) == digest
             intact &= ok
-            report.add(f"{golden['path']}/{name}", "-", "sha256", ok, digest[:16] if ok else f"{path}: missing or its sha256 does not match the manifest")
+            report.add(
+                f"{golden['path']}/{name}",
+                "-",
+                "sha256",
+                ok,
+                digest[:16] if ok else f"{path}: missing or its sha256 does not match the manifest",
+            )
     if not intact:
         report.seconds = time.perf_counter() - start
         return report
@@ -241,24 +278,40 @@ def verify_export(export_dir: Path, data: Path | None = None, digits: bool = Fal
         for t, task in enumerate(tasks):
             agreement = top1_agreement(logits[task], reference_logits[task])
             numbers[task] = {"top1_agreement": round(agreement, 6)}
-            report.add(artifact, runtime, f"top-1 agreement [{task}]", agreement >= bounds["min_top1_agreement"],
-                       f"{agreement:.4f} (bound ≥ {bounds['min_top1_agreement']})")
+            report.add(
+                artifact,
+                runtime,
+                f"top-1 agreement [{task}]",
+                agreement >= bounds["min_top1_agreement"],
+                f"{agreement:.4f} (bound ≥ {bounds['min_top1_agreement']})",
+            )
             got_classes, want_classes = len(np.unique(logits[task].argmax(-1))), len(np.unique(reference_logits[task].argmax(-1)))
             collapsed = got_classes == 1 and want_classes > 1
-            report.add(artifact, runtime, f"no collapse [{task}]", not collapsed,
-                       f"{got_classes} distinct predictions (fp32 model: {want_classes})")
+            report.add(
+                artifact,
+                runtime,
+                f"no collapse [{task}]",
+                not collapsed,
+                f"{got_classes} distinct predictions (fp32 model: {want_classes})",
+            )
             if labels is not None and (labels[:, t] >= 0).all():
                 got, want = accuracy(logits[task], labels[:, t]), accuracy(reference_logits[task], labels[:, t])
                 drop = 100.0 * (want - got)
                 numbers[task].update(accuracy=round(got, 6), fp32_accuracy=round(want, 6), accuracy_change_points=round(-drop, 4))
-                report.add(artifact, runtime, f"accuracy drop [{task}]", drop <= bounds["max_accuracy_drop"],
-                           f"{drop:+.2f} points ({want:.2%} → {got:.2%}; bound ≤ {bounds['max_accuracy_drop']})")
+                report.add(
+                    artifact,
+                    runtime,
+                    f"accuracy drop [{task}]",
+                    drop <= bounds["max_accuracy_drop"],
+                    f"{drop:+.2f} points ({want:.2%} → {got:.2%}; bound ≤ {bounds['max_accuracy_drop']})",
+                )
         return numbers
 
     # 2. The cloud decoder alone: the int8 wire of the fp32 encoder, decoded.
     cloud_name = by_target["torchscript"]["path"]
-    report.metrics[cloud_name] = {"TorchScript": {"tasks": end_to_end(cloud_name, "TorchScript", decode(reference_wire),
-                                                                      tolerances.get("torchscript", precision))}}
+    report.metrics[cloud_name] = {
+        "TorchScript": {"tasks": end_to_end(cloud_name, "TorchScript", decode(reference_wire), tolerances.get("torchscript", precision))}
+    }
     log(f"✓ cloud decoder on {len(images)} images")
 
     # 3. Each device artifact: structure, then every runtime this host has.
@@ -283,15 +336,29 @@ def verify_export(export_dir: Path, data: Path | None = None, digits: bool = Fal
             except Exception as e:
                 report.add(name, runtime, "run", False, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
                 continue
-            wire_numbers = {"max_abs": max_abs_error(wire, reference_wire), "cosine": cosine_similarity(wire, reference_wire),
-                            "sqnr_db": sqnr_db(wire, reference_wire)}
+            wire_numbers = {
+                "max_abs": max_abs_error(wire, reference_wire),
+                "cosine": cosine_similarity(wire, reference_wire),
+                "sqnr_db": sqnr_db(wire, reference_wire),
+            }
             bound, floor, sqnr_floor = bounds["wire_max_abs"], bounds["min_wire_cosine"], bounds["min_wire_sqnr_db"]
-            wire_ok = ((bound is None or wire_numbers["max_abs"] <= bound) and (floor is None or wire_numbers["cosine"] >= floor)
-                       and (sqnr_floor is None or wire_numbers["sqnr_db"] >= sqnr_floor))
-            report.add(name, runtime, "wire", wire_ok,
-                       f"max abs {wire_numbers['max_abs']:.3g}" + (f" (bound ≤ {bound})" if bound is not None else "")
-                       + f", cosine {wire_numbers['cosine']:.5f}" + (f" (bound ≥ {floor})" if floor is not None else "")
-                       + f", SQNR {wire_numbers['sqnr_db']:.1f} dB" + (f" (bound ≥ {sqnr_floor} dB)" if sqnr_floor is not None else ""))
+            wire_ok = (
+                (bound is None or wire_numbers["max_abs"] <= bound)
+                and (floor is None or wire_numbers["cosine"] >= floor)
+                and (sqnr_floor is None or wire_numbers["sqnr_db"] >= sqnr_floor)
+            )
+            report.add(
+                name,
+                runtime,
+                "wire",
+                wire_ok,
+                f"max abs {wire_numbers['max_abs']:.3g}"
+                + (f" (bound ≤ {bound})" if bound is not None else "")
+                + f", cosine {wire_numbers['cosine']:.5f}"
+                + (f" (bound ≥ {floor})" if floor is not None else "")
+                + f", SQNR {wire_numbers['sqnr_db']:.1f} dB"
+                + (f" (bound ≥ {sqnr_floor} dB)" if sqnr_floor is not None else ""),
+            )
             numbers = end_to_end(name, runtime, decode(wire), bounds)
             report.metrics.setdefault(name, {})[runtime] = {"wire": {k: round(v, 6) for k, v in wire_numbers.items()}, "tasks": numbers}
             log(f"✓ {runtime} on {len(images)} images")
@@ -309,7 +376,9 @@ def _check_structure(report: Report, export_dir: Path, entry: dict, bounds: dict
         flex = non_builtin_ops(tflite_ops(path))
         io = io_details(path)
         mismatch = [k for k in ("inputs", "outputs") if io[k] != entry.get(k)]
-        problems = ([f"non-builtin ops {flex}"] if flex else []) + [f"{k} {io[k]} differ from the manifest's {entry.get(k)}" for k in mismatch]
+        problems = ([f"non-builtin ops {flex}"] if flex else []) + [
+            f"{k} {io[k]} differ from the manifest's {entry.get(k)}" for k in mismatch
+        ]
         report.add(name, "-", "structure", not problems, "; ".join(problems) or "builtin ops only; I/O and quantization as in the manifest")
     elif entry["target"] == "coreml":
         from dtconvert.mil_reference import check_ops, io_signature
@@ -318,7 +387,8 @@ def _check_structure(report: Report, export_dir: Path, entry: dict, bounds: dict
         io = io_signature(path)
         declared = {k: [{f: t[f] for f in ("name", "shape", "dtype")} for t in entry.get(k, [])] for k in ("inputs", "outputs")}
         problems = ([f"ops outside the MIL reference allow-list: {unknown}"] if unknown else []) + (
-            [f"I/O {io} differs from the manifest's {declared}"] if io != declared else [])
+            [f"I/O {io} differs from the manifest's {declared}"] if io != declared else []
+        )
         report.add(name, "-", "structure", not problems, "; ".join(problems) or "all ops in the allow-list; I/O as in the manifest")
 
 
@@ -354,10 +424,15 @@ def _check_delegation(report: Report, export_dir: Path, entry: dict, bounds: dic
     if recorded is not None:
         claimed = recorded.get("delegate_calls", recorded.get("partitions"))
         if claimed != partitions or recorded.get("ops_outside_delegate") != outside:
-            problems.append(f"the manifest records {claimed} {unit} and {recorded.get('ops_outside_delegate')} outside, "
-                            f"the artifact has {partitions} and {outside or {}}")
-    bound_text = "; ".join(f"{k.removeprefix('max_').replace('_', ' ')} ≤ {v}" for k, v in
-                           (("max_delegate_partitions", max_partitions), ("max_ops_outside_delegate", max_outside)) if v is not None)
+            problems.append(
+                f"the manifest records {claimed} {unit} and {recorded.get('ops_outside_delegate')} outside, "
+                f"the artifact has {partitions} and {outside or {}}"
+            )
+    bound_text = "; ".join(
+        f"{k.removeprefix('max_').replace('_', ' ')} ≤ {v}"
+        for k, v in (("max_delegate_partitions", max_partitions), ("max_ops_outside_delegate", max_outside))
+        if v is not None
+    )
     summary = f"{partitions} XNNPACK {unit}, {n_outside} ops outside" + (f" ({bound_text})" if bound_text else " (reported, no bound)")
     report.add(entry["path"], "-", "delegation", not problems, "; ".join(problems) if problems else summary)
     report.structure[entry["path"]] = {"delegation": {"partitions": partitions, "ops_outside_delegate": outside}}

@@ -7,9 +7,10 @@ target is used: the table maps names to ``"module:Class"`` strings.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -35,8 +36,11 @@ INT8_LARGE_WEIGHTS = f"{INT8_WEIGHTS}, for weights of at least {WEIGHT_THRESHOLD
 
 def small_weight_layers(module: torch.nn.Module) -> set[str]:
     """Names of the linear and conv layers whose weights stay float32 (below WEIGHT_THRESHOLD)."""
-    return {name for name, m in module.named_modules()
-            if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) and m.weight.numel() < WEIGHT_THRESHOLD}
+    return {
+        name
+        for name, m in module.named_modules()
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)) and m.weight.numel() < WEIGHT_THRESHOLD
+    }
 
 
 @dataclass(frozen=True)

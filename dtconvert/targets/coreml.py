@@ -32,13 +32,16 @@ from dtconvert.targets import (
 
 SCHEMES = {
     "int8": Scheme(
-        "weight-only", INT8_LARGE_WEIGHTS,
+        "weight-only",
+        INT8_LARGE_WEIGHTS,
         "float16 (Core ML's ML-program default)",
         "runs on every compute unit and agrees with fp32 as closely as fp16 allows; int8 activations (W8A8) pay off "
         "on the newest Neural Engines only and cost fidelity everywhere",
     ),
     "int8-static": Scheme(
-        "static", INT8_WEIGHTS, "int8 per tensor with scales fixed by calibration (linear, conv, add, mul); the rest float16",
+        "static",
+        INT8_WEIGHTS,
+        "int8 per tensor with scales fixed by calibration (linear, conv, add, mul); the rest float16",
         "the static pt2e program for Neural Engines that run int8 activations",
     ),
     "fp32": FP32,
@@ -110,8 +113,11 @@ class CoreMLTarget:
         except (NotImplementedError, ValueError, RuntimeError) as e:
             raise ExportError(f"coremltools could not convert the encoder: {str(e).strip().splitlines()[0]}") from e
         if job.precision == "int8":
-            config = ct.optimize.coreml.OptimizationConfig(global_config=ct.optimize.coreml.OpLinearQuantizerConfig(
-                mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=WEIGHT_THRESHOLD))
+            config = ct.optimize.coreml.OptimizationConfig(
+                global_config=ct.optimize.coreml.OpLinearQuantizerConfig(
+                    mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=WEIGHT_THRESHOLD
+                )
+            )
             model = ct.optimize.coreml.linear_quantize_weights(model, config=config)
         meta = job.metadata
         model.author = meta.get("author", "dtconvert")
@@ -127,9 +133,13 @@ class CoreMLTarget:
         io = io_spec(path)  # reload from disk: what ships is what we describe
         if [i["name"] for i in io["inputs"]] != [INPUT_NAME] or [o["name"] for o in io["outputs"]] != [OUTPUT_NAME]:
             raise ExportError(f"Core ML model reloaded with unexpected I/O: {io}")
-        return {"compute_precision": "float32" if job.precision == "fp32" else "float16",
-                "deployment_target": "iOS17", "ops": mil_ops(path), **io,
-                "quantization": {**SCHEMES[job.precision].describe(), "ops": mil_op_precisions(path)}}
+        return {
+            "compute_precision": "float32" if job.precision == "fp32" else "float16",
+            "deployment_target": "iOS17",
+            "ops": mil_ops(path),
+            **io,
+            "quantization": {**SCHEMES[job.precision].describe(), "ops": mil_op_precisions(path)},
+        }
 
     def runner(self, path: Path):
         if platform.system() != "Darwin":

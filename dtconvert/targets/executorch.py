@@ -27,13 +27,15 @@ from dtconvert.targets import FP32, INT8_LARGE_WEIGHTS, INT8_WEIGHTS, ExportErro
 
 SCHEMES = {
     "int8": Scheme(
-        "dynamic", INT8_LARGE_WEIGHTS,
+        "dynamic",
+        INT8_LARGE_WEIGHTS,
         "int8 per token, quantized at run time, at the inputs of the int8 linear layers; everything else float32",
         "one XNNPACK delegate call, as fast as static int8 on x86 and more faithful: a per-token scale follows the "
         "LayerNorm, softmax and residual activations that one calibrated scale per tensor cannot",
     ),
     "int8-static": Scheme(
-        "static", INT8_WEIGHTS,
+        "static",
+        INT8_WEIGHTS,
         "int8 per tensor with scales fixed by calibration (linear, matmul, conv, add, mul); LayerNorm and softmax float32",
         "full-integer linear algebra for accelerators that need static scales; XNNPACK still runs it as one delegate call",
     ),
@@ -73,8 +75,9 @@ def _whole_graph_partitioner():
     return WholeGraphPartitioner()
 
 
-def prepare(encoder: torch.nn.Module, example: torch.Tensor, calibration: np.ndarray, precision: str,
-            any_batch: bool = False) -> torch.nn.Module:
+def prepare(
+    encoder: torch.nn.Module, example: torch.Tensor, calibration: np.ndarray, precision: str, any_batch: bool = False
+) -> torch.nn.Module:
     """The module ExecuTorch lowers for ``precision``: the encoder with LayerNorms in linear form,
     quantized by the precision's scheme. LayerNorm stays float; so do, for the default int8,
     the layers with fewer than WEIGHT_THRESHOLD weights (int8-static is full-integer)."""
@@ -85,8 +88,15 @@ def prepare(encoder: torch.nn.Module, example: torch.Tensor, calibration: np.nda
     if precision == "fp32":
         return swapped
     dynamic = SCHEMES[precision].name == "dynamic"
-    return pt2e_quantize(swapped, example, calibration, dynamic=dynamic, float_modules=(LinearLayerNorm,),
-                         float_layers=frozenset(small_weight_layers(swapped) if dynamic else ()), any_batch=any_batch)
+    return pt2e_quantize(
+        swapped,
+        example,
+        calibration,
+        dynamic=dynamic,
+        float_modules=(LinearLayerNorm,),
+        float_layers=frozenset(small_weight_layers(swapped) if dynamic else ()),
+        any_batch=any_batch,
+    )
 
 
 def lower(module: torch.nn.Module, example: torch.Tensor):
@@ -95,8 +105,12 @@ def lower(module: torch.nn.Module, example: torch.Tensor):
     from executorch.exir import to_edge_transform_and_lower
 
     program = torch.export.export(module, (example,))
-    return to_edge_transform_and_lower(program, partitioner=[_whole_graph_partitioner()], transform_passes=get_transform_passes(),
-                                       compile_config=get_xnnpack_edge_compile_config())
+    return to_edge_transform_and_lower(
+        program,
+        partitioner=[_whole_graph_partitioner()],
+        transform_passes=get_transform_passes(),
+        compile_config=get_xnnpack_edge_compile_config(),
+    )
 
 
 def outside_delegate(graph_module) -> list[tuple[str, str]]:
@@ -166,7 +180,10 @@ class ExecuTorchTarget:
         kernels, delegates = pte_kernel_ops(path)  # read back from what ships
         return {
             "backend": "xnnpack",
-            "quantization": {**SCHEMES[job.precision].describe(), "ops": quantized_op_kinds(module, job.example, _layer_norms(job.encoder))},
+            "quantization": {
+                **SCHEMES[job.precision].describe(),
+                "ops": quantized_op_kinds(module, job.example, _layer_norms(job.encoder)),
+            },
             "delegation": {"delegate": "XNNPACK", "delegate_calls": delegates, "ops_outside_delegate": kernels},
         }
 

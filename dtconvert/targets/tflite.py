@@ -34,14 +34,16 @@ from dtconvert.targets import FP32, INPUT_NAME, INT8_LARGE_WEIGHTS, INT8_WEIGHTS
 
 SCHEMES = {
     "int8": Scheme(
-        "dynamic", INT8_LARGE_WEIGHTS,
-        "int8 per tensor, quantized at run time by the delegate, at the inputs of fully connected and conv layers; "
-        "everything else float32",
+        "dynamic",
+        INT8_LARGE_WEIGHTS,
+        "int8 per tensor, quantized at run time by the delegate, at the inputs of fully connected and conv layers; everything else float32",
         "LiteRT's XNNPACK delegate runs it as one partition; full-integer int8 falls apart into dozens of partitions "
         "around the ops XNNPACK takes only in float (RSQRT, SOFTMAX, ...)",
     ),
     "int8-static": Scheme(
-        "static", INT8_WEIGHTS, "int8 per tensor with scales fixed by calibration, every op (full integer)",
+        "static",
+        INT8_WEIGHTS,
+        "int8 per tensor with scales fixed by calibration, every op (full integer)",
         "for accelerators that need a full-integer model; on a CPU, XNNPACK splits it (see delegation)",
     ),
     "fp32": FP32,
@@ -157,8 +159,12 @@ def io_details(path: Path) -> dict:
 
     def describe(details: dict) -> list[dict]:
         return [
-            {"name": name, "shape": [int(s) for s in d["shape"]], "dtype": np.dtype(d["dtype"]).name,
-             "quantization": {"scale": float(d["quantization"][0]), "zero_point": int(d["quantization"][1])}}
+            {
+                "name": name,
+                "shape": [int(s) for s in d["shape"]],
+                "dtype": np.dtype(d["dtype"]).name,
+                "quantization": {"scale": float(d["quantization"][0]), "zero_point": int(d["quantization"][1])},
+            }
             for name, d in details.items()
         ]
 
@@ -201,16 +207,28 @@ class TFLiteTarget:
         flex = non_builtin_ops(ops)
         if flex:
             raise ExportError(f"the TFLite model needs non-builtin ops {flex}; only builtin ops may ship")
-        return {"ops": ops, **io_details(path),
-                "quantization": {**SCHEMES[job.precision].describe(), "ops": op_precisions(path)},
-                "delegation": delegation(path)}
+        return {
+            "ops": ops,
+            **io_details(path),
+            "quantization": {**SCHEMES[job.precision].describe(), "ops": op_precisions(path)},
+            "delegation": delegation(path),
+        }
 
     def _onnx(self, job: ExportJob, onnx_path: Path, x: np.ndarray, reference: np.ndarray) -> Path:
         import onnxruntime as ort
 
         # Fixed batch 1: a dynamic batch went through onnx2tf with no error and wrong numbers.
-        torch.onnx.export(job.encoder, (job.example,), str(onnx_path), dynamo=True, opset_version=18,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], external_data=False, verbose=False)
+        torch.onnx.export(
+            job.encoder,
+            (job.example,),
+            str(onnx_path),
+            dynamo=True,
+            opset_version=18,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            external_data=False,
+            verbose=False,
+        )
         session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         (out,) = session.run(None, {INPUT_NAME: x})
         error = float(np.abs(out - reference).max())

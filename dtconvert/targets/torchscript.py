@@ -105,8 +105,9 @@ def load_decoder(path: Path):
         return torch.jit.load(str(path), map_location="cpu").eval()
 
 
-def write_triton_repository(root: Path, model_name: str, decoder_file: Path, wire_shape: list[int], tasks: list[dict],
-                            max_batch_size: int = 64) -> list[Path]:
+def write_triton_repository(
+    root: Path, model_name: str, decoder_file: Path, wire_shape: list[int], tasks: list[dict], max_batch_size: int = 64
+) -> list[Path]:
     """A model repository for Triton's PyTorch (libtorch) backend; returns the files written."""
     model_dir = root / model_name
     version_dir = model_dir / "1"
@@ -119,11 +120,9 @@ def write_triton_repository(root: Path, model_name: str, decoder_file: Path, wir
         labels = model_dir / f"labels_{task['name']}.txt"
         labels.write_text("\n".join(task["labels"]) + "\n")
         written.append(labels)
-        outputs.append(
-            f'  {{ name: "OUTPUT__{i}" data_type: TYPE_FP32 dims: [ {len(task["labels"])} ] label_filename: "{labels.name}" }}'
-        )
+        outputs.append(f'  {{ name: "OUTPUT__{i}" data_type: TYPE_FP32 dims: [ {len(task["labels"])} ] label_filename: "{labels.name}" }}')
     config = f"""# Cloud decoder of dtconvert model {model_name!r}: int8 wire tensor in, one logits tensor per task out.
-# OUTPUT__i follows the manifest's task order: {', '.join(t['name'] for t in tasks)}.
+# OUTPUT__i follows the manifest's task order: {", ".join(t["name"] for t in tasks)}.
 name: "{model_name}"
 platform: "pytorch_libtorch"
 max_batch_size: {max_batch_size}
@@ -133,7 +132,7 @@ input [
   {{ name: "INPUT__2" data_type: TYPE_INT32 dims: [ 1 ] }}
 ]
 output [
-{(',' + chr(10)).join(outputs)}
+{("," + chr(10)).join(outputs)}
 ]
 dynamic_batching {{
   max_queue_delay_microseconds: 2000
