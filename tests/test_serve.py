@@ -203,7 +203,7 @@ BAD_REQUESTS = {
     "other rank": (lambda m, x: m.message(np.zeros((1, m.shape[1] * m.shape[2]), np.int8)), {}, None, 422, "shape"),
     "other scale": (lambda m, x: m.message(m.wire_int8[:1], scale=m.scale * 2), {}, None, 422, "scale"),
     "other zero point": (lambda m, x: m.message(m.wire_int8[:1], zero_point=(m.zero_point + 1) % 100), {}, None, 422, "zero_point"),
-    "unknown task bit": (lambda m, x: m.message(m.wire_int8[:1], task_mask=1 << 7), {}, None, 422, "task_mask"),
+    "unknown task bit": (lambda m, x: m.message(m.wire_int8[:1], task_mask=1 << 7), {}, None, 422, "does not serve task bit 7"),
     "oversized body": (lambda m, x: m.message(np.zeros((64, *m.shape[1:]), np.int8)), {}, None, 413, "over the limit"),
     "wrong content type": (lambda m, x: x, {"Content-Type": "application/json"}, None, 415, "Content-Type"),
     "zero top_k": (lambda m, x: x, {}, "/v1/decode?top_k=0", 400, "top_k"),
@@ -358,7 +358,7 @@ def test_client_bad_command_lines(server, int8_export, fp32_export):
         done = run_cli("client", str(int8_export), *args)
         assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
     done = run_cli("client", str(fp32_export), "--url", server.url, "--digits", "2")
-    assert done.returncode == 2 and "start the server on the same export" in done.stderr, done.stderr
+    assert done.returncode == 2 and "start the server on this export" in done.stderr, done.stderr
 
 
 def test_client_on_an_image_folder_matches_held_out_digits(server, int8_export, tmp_path):
