@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,31 @@ OTHER = ModelConfig(
 )
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Path:
+    """Build an expensive artifact (a trained checkpoint, an export) once per test run, however many
+    pytest-xdist workers ask for it.
+
+    Each xdist worker is a process with its own session fixtures; the first worker to ask builds
+    into the run's shared folder under a file lock, the others wait for it and reuse the result.
+    Without xdist this is a plain session-scoped build. A build that fails leaves no marker, so
+    the next worker to ask tries again (and fails the same way, with its own traceback)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # pytest-N/popen-gwK → pytest-N, shared by the run's workers
+    folder = base / "built" / name
+    marker = base / "built" / f"{name}.done"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(base / "built" / f"{name}.lock")):
+        if not marker.is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            result = build(folder)
+            marker.write_text(result.relative_to(folder).as_posix())
+    return folder / marker.read_text()
+
+
 @pytest.fixture
 def tiny_model() -> DeviceTuningModel:
     torch.manual_seed(0)
@@ -47,9 +73,11 @@ def dtconvert_exe() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "dtconvert.cli"]
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "120"}
-    return subprocess.run([*dtconvert_exe(), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The console script with stdout and stderr piped, as in a CI log: no terminal, no COLUMNS."""
+    environment = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "GITHUB_ACTIONS", "GITHUB_STEP_SUMMARY")}
+    return subprocess.run([*dtconvert_exe(), *args], capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                          env={**environment, **(env or {})})
 
 
 def assert_one_line_error(done: subprocess.CompletedProcess, *needles: str) -> None:
@@ -68,11 +96,13 @@ def quick_ckpt(tmp_path_factory) -> Path:
     from dtconvert.recipe import load_recipe
     from dtconvert.train import train
 
-    recipe = load_recipe(RECIPES / "digits.yaml")
-    recipe.epochs = 1
-    out = tmp_path_factory.mktemp("quick")
-    train(recipe, out, show_progress=False)
-    return out / "ckpt.pt"
+    def build(out: Path) -> Path:
+        recipe = load_recipe(RECIPES / "digits.yaml")
+        recipe.epochs = 1
+        train(recipe, out, show_progress=False)
+        return out / "ckpt.pt"
+
+    return built_once(tmp_path_factory, "quick", build)
 
 
 @pytest.fixture(scope="session")
@@ -81,9 +111,11 @@ def digits_ckpt(tmp_path_factory) -> Path:
     from dtconvert.recipe import load_recipe
     from dtconvert.train import train
 
-    out = tmp_path_factory.mktemp("digits")
-    train(load_recipe(RECIPES / "digits.yaml"), out, show_progress=False)
-    return out / "ckpt.pt"
+    def build(out: Path) -> Path:
+        train(load_recipe(RECIPES / "digits.yaml"), out, show_progress=False)
+        return out / "ckpt.pt"
+
+    return built_once(tmp_path_factory, "digits", build)
 
 
 @pytest.fixture(scope="session")
@@ -92,9 +124,11 @@ def tuned_ckpt(digits_ckpt, tmp_path_factory) -> Path:
     from dtconvert.recipe import load_recipe
     from dtconvert.train import train
 
-    out = tmp_path_factory.mktemp("tuned")
-    train(load_recipe(RECIPES / "digits-tune.yaml"), out, init=digits_ckpt, show_progress=False)
-    return out / "ckpt.pt"
+    def build(out: Path) -> Path:
+        train(load_recipe(RECIPES / "digits-tune.yaml"), out, init=digits_ckpt, show_progress=False)
+        return out / "ckpt.pt"
+
+    return built_once(tmp_path_factory, "tuned", build)
 
 
 @pytest.fixture(scope="session")
@@ -112,9 +146,12 @@ def other_shape_ckpt(tmp_path_factory) -> Path:
                 "cloud_dim", "cloud_depth", "cloud_heads", "mlp_ratio"):
         setattr(recipe, key, config[key])
     recipe.name, recipe.tasks, recipe.epochs = "other", [name for name, _ in OTHER.tasks], 1
-    out = tmp_path_factory.mktemp("other")
-    train(recipe, out, show_progress=False)
-    return out / "ckpt.pt"
+
+    def build(out: Path) -> Path:
+        train(recipe, out, show_progress=False)
+        return out / "ckpt.pt"
+
+    return built_once(tmp_path_factory, "other", build)
 
 
 # ---- export fixtures -------------------------------------------------------------------------
@@ -125,17 +162,17 @@ def int8_export(digits_ckpt, tmp_path_factory) -> Path:
     """The shipped digits recipe exported exactly as `dtconvert export` does by default."""
     from dtconvert.export import run_export
 
-    out, _ = run_export(digits_ckpt, ["executorch", "coreml", "tflite"], out=tmp_path_factory.mktemp("exp") / "int8")
-    return out
+    return built_once(tmp_path_factory, "export-int8",
+                      lambda folder: run_export(digits_ckpt, ["executorch", "coreml", "tflite"], out=folder / "int8")[0])
 
 
 @pytest.fixture(scope="session")
 def fp32_export(quick_ckpt, tmp_path_factory) -> Path:
     from dtconvert.export import run_export
 
-    out, _ = run_export(quick_ckpt, ["executorch", "coreml", "tflite"], precision="fp32", calib="32",
-                        out=tmp_path_factory.mktemp("exp") / "fp32")
-    return out
+    return built_once(tmp_path_factory, "export-fp32",
+                      lambda folder: run_export(quick_ckpt, ["executorch", "coreml", "tflite"], precision="fp32", calib="32",
+                        out=folder / "fp32")[0])
 
 
 @pytest.fixture(scope="session")
@@ -143,8 +180,8 @@ def tuned_export(tuned_ckpt, tmp_path_factory) -> Path:
     """The device-tuned variant (digit, odd, mod3) exported for the two runtimes the client runs."""
     from dtconvert.export import run_export
 
-    out, _ = run_export(tuned_ckpt, ["executorch", "tflite"], out=tmp_path_factory.mktemp("exp") / "digits-tune")
-    return out
+    return built_once(tmp_path_factory, "export-digits-tune",
+                      lambda folder: run_export(tuned_ckpt, ["executorch", "tflite"], out=folder / "digits-tune")[0])
 
 
 @pytest.fixture(scope="session")
@@ -153,16 +190,16 @@ def quick_int8_export(quick_ckpt, tmp_path_factory) -> Path:
     exported with the default int8 to every target, and verified as export does."""
     from dtconvert.export import run_export
 
-    out, _ = run_export(quick_ckpt, ["executorch", "coreml", "tflite"], calib="32", out=tmp_path_factory.mktemp("exp") / "quick-int8")
-    return out
+    return built_once(tmp_path_factory, "export-quick-int8",
+                      lambda folder: run_export(quick_ckpt, ["executorch", "coreml", "tflite"], calib="32", out=folder / "quick-int8")[0])
 
 
 @pytest.fixture(scope="session")
 def other_int8_export(other_shape_ckpt, tmp_path_factory) -> Path:
     from dtconvert.export import run_export
 
-    out, _ = run_export(other_shape_ckpt, ["executorch", "coreml", "tflite"], calib="32", out=tmp_path_factory.mktemp("exp") / "other-int8")
-    return out
+    return built_once(tmp_path_factory, "export-other-int8",
+                      lambda folder: run_export(other_shape_ckpt, ["executorch", "coreml", "tflite"], calib="32", out=folder / "other-int8")[0])
 
 
 @pytest.fixture(scope="session")
@@ -170,9 +207,9 @@ def static_export(quick_ckpt, tmp_path_factory) -> Path:
     """``--precision int8-static`` (full-integer, calibrated activation scales) of the one-epoch model."""
     from dtconvert.export import run_export
 
-    out, _ = run_export(quick_ckpt, ["executorch", "coreml", "tflite"], precision="int8-static", calib="32",
-                        out=tmp_path_factory.mktemp("exp") / "int8-static")
-    return out
+    return built_once(tmp_path_factory, "export-int8-static",
+                      lambda folder: run_export(quick_ckpt, ["executorch", "coreml", "tflite"], precision="int8-static", calib="32",
+                        out=folder / "int8-static")[0])
 
 
 class Reference:
@@ -229,3 +266,17 @@ def end_to_end(export_dir: Path, wire, decode_scale: float | None = None) -> dic
     with torch.no_grad():
         outs = decoder(torch.from_numpy(quantize_wire(wire, s, z)), torch.tensor([[told]]), torch.tensor([[z]], dtype=torch.int32))
     return {t["name"]: o.numpy() for t, o in zip(manifest["tasks"], outs)}
+
+
+# ---- the fast lane ---------------------------------------------------------------------------------
+
+# Fixtures that train a shipped recipe in full (tens of seconds to minutes on 2 cores), build the
+# Swift toolchain, or run a training sweep: a test that uses one is in the slow lane, so that
+# `pytest -m "not slow"` runs in minutes and still runs every command on the one-epoch model.
+SLOW_FIXTURES = frozenset({"digits_ckpt", "tuned_ckpt", "swift_toolchain", "dtcore_build", "sweep_run"})
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -160,3 +160,25 @@ def test_tuning_a_different_architecture_is_refused(quick_ckpt, tmp_path):
     result = CliRunner().invoke(app, ["train", str(recipe), "--init", str(quick_ckpt), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert "bottleneck is 8 but recipe other says 16" in result.stderr
+
+
+@pytest.mark.cli
+def test_every_command_once_on_the_one_epoch_model(quick_ckpt, tmp_path):
+    """The fast lane's tour: each command as a subprocess, on the one-epoch checkpoint (demo and
+    the sweep train shipped recipes in full, so their own tests are in the slow lane)."""
+    from tests.serving import running_server
+
+    export = tmp_path / "export"
+    done = run_cli("export", str(quick_ckpt), "--target", "executorch", "--calib", "32", "--out", str(export))
+    assert done.returncode == 0 and (export / "manifest.json").is_file(), done.stderr
+    done = run_cli("verify", str(export), "--limit", "30")
+    assert done.returncode == 0 and "checks passed" in done.stdout, done.stdout + done.stderr
+    done = run_cli("info", str(quick_ckpt))
+    assert done.returncode == 0 and "wire tensor" in done.stdout, done.stderr
+    done = run_cli("bench", str(export), "--runs", "2", "--warmup", "1", "--no-memory")
+    assert done.returncode == 0, done.stderr
+    done = run_cli("cloud", str(export), "--out", str(tmp_path / "cloud"))
+    assert done.returncode == 0 and (tmp_path / "cloud" / "triton").is_dir(), done.stderr
+    with running_server(export) as server:
+        done = run_cli("client", str(export), "--url", server.url, "--digits", "8")
+        assert done.returncode == 0 and "8 images via ExecuTorch" in done.stdout + done.stderr, done.stderr
