@@ -321,9 +321,9 @@ def serve(
         None,
         "--max-queue",
         min=1,
-        help="Most images waiting for the decoder; beyond it a request gets 503 with Retry-After at once (default: 2 × max-batch).",
+        help="Most images waiting for the decoder; beyond it a request gets 503 with Retry-After at once (default: 8 × max-batch).",
     ),
-    max_connections: int = typer.Option(1000, "--max-connections", min=1, help="Most open connections; beyond it 503 with Retry-After."),
+    max_connections: int = typer.Option(2048, "--max-connections", min=1, help="Most open connections; beyond it 503 with Retry-After."),
     max_body: int | None = typer.Option(
         None, "--max-body-bytes", min=64, help="Largest accepted request body (default: header + max(4, max-batch) images)."
     ),

@@ -23,6 +23,7 @@ The edge faces the internet, so it holds under overload and hostile clients:
 from __future__ import annotations
 
 import hmac
+import random
 import signal
 import socket
 import ssl
@@ -52,7 +53,7 @@ class ServeOptions:
     max_wait_ms: float = 2.0
     max_body_bytes: int | None = None  # default: header + max(4, max_batch) images
     max_queue: int | None = None  # images waiting for the decoder; default QUEUE_BATCHES × max_batch
-    max_connections: int = 1000
+    max_connections: int = 2048
     header_timeout: float = 10.0
     body_timeout: float = 10.0
     keep_alive: float = 5.0
@@ -65,9 +66,13 @@ class ServeOptions:
         return self.max_queue if self.max_queue is not None else QUEUE_BATCHES * self.max_batch
 
 
-# Two batches' worth of images may wait: a third would only add latency, never throughput (the
-# decoder drains one batch per call).
-QUEUE_BATCHES = 2
+# Eight batches' worth of images may wait: enough that clients sending several images per message
+# at once are not refused (16 clients × 8 images fill four batches), little enough that an
+# accepted request waits only a few decoder calls (the digits decoder drains 256 images in about
+# 20 ms on 2 cores). Beyond it more waiting would add latency, never throughput.
+QUEUE_BATCHES = 8
+# The ASGI scope key by which a handler asks the connection to read nothing more for N seconds.
+HOLD_KEY = "dtconvert.hold_seconds"
 
 
 def read_token(path: Path) -> str:
@@ -435,6 +440,7 @@ def create_app(service: SharedCloud, options: ServeOptions | None = None):
             model_id = variant.model_id
             batcher = state["batcher"]
             if batcher.pending + len(payload.tensor) > max_queue:  # admission control: answer now rather than late
+                request.scope[HOLD_KEY] = options.retry_after  # and read nothing more from this client until then
                 raise RequestError(
                     503,
                     f"the server is at capacity ({batcher.pending} images waiting for the decoder, "
@@ -564,6 +570,24 @@ def _guarded_protocol(header_timeout: float):
             self._disarm()
             super().connection_lost(exc)
 
+        def on_response_complete(self) -> None:
+            hold = getattr(self, "scope", {}).get(HOLD_KEY)
+            super().on_response_complete()
+            if hold and not self.transport.is_closing():
+                # A client refused with Retry-After that comes straight back (a load generator, a
+                # retry loop without back-off) waits the Retry-After anyway: its next request is not
+                # read until then. Without this, answering 503s as fast as a flood sends them takes
+                # the event loop (and the GIL) from the decoder, and accepted requests starve.
+                # Spread over [hold / 2, hold): refused together, a flood's connections would
+                # otherwise all come back in the same instant; a client that does wait Retry-After
+                # finds its connection read again by then.
+                self.flow.pause_reading()
+                self.loop.call_later(hold * (0.5 + 0.5 * random.random()), self._end_hold)
+
+        def _end_hold(self) -> None:
+            if not self.transport.is_closing():
+                self.flow.resume_reading()
+
     return GuardedProtocol
 
 
@@ -640,10 +664,24 @@ def make_server(service: SharedCloud, sock: socket.socket, options: ServeOptions
     return uvicorn.Server(config)
 
 
+def _allow_open_files(connections: int) -> None:
+    """Raise the soft open-file limit (often 1024) toward the hard one, so that --max-connections
+    is the limit that holds rather than accept() failing with EMFILE first."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + 256  # the exports' files, the runtime's own descriptors
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        ceiling = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if ceiling > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+
+
 def serve(export_dirs: list[Path], host: str, port: int, options: ServeOptions, threads: int | None, announce=print) -> None:
     tls_context(options.tls_cert, options.tls_key)  # bad TLS files: one line before anything loads
     torch.set_num_threads(threads or default_threads())
     service = SharedCloud(export_dirs)
+    _allow_open_files(options.max_connections)
     sock = bind(host, port)
     actual = sock.getsockname()[1]
     server = make_server(service, sock, options)

@@ -64,10 +64,37 @@ def test_a_full_queue_answers_503_with_retry_after_at_once(int8_export):
 
 def test_twin_the_default_queue_takes_the_same_burst(int8_export):
     model = Model(int8_export)
-    with running_server(int8_export, "--max-batch", "8", "--max-wait-ms", "200") as server:  # queue 2 × 8 = 16 images
+    with running_server(int8_export, "--max-batch", "8", "--max-wait-ms", "200") as server:  # queue 8 × 8 = 64 images
         with ThreadPoolExecutor(max_workers=12) as pool:
             answers = list(pool.map(lambda i: _timed_post(server.url, model.message(model.wire_int8[i : i + 1])), range(12)))
     assert [a[0] for a in answers] == [200] * 12
+
+
+def test_a_refused_client_that_comes_straight_back_waits_retry_after_anyway(int8_export):
+    """A flood that ignores Retry-After must not keep the event loop answering 503s: after a 503
+    the server reads nothing more from that connection for [Retry-After / 2, Retry-After)."""
+    model = Model(int8_export)
+    two, one = model.message(model.wire_int8[:2]), model.message(model.wire_int8[:1])
+    octet = {"Content-Type": "application/octet-stream"}
+    with running_server(int8_export, "--max-queue", "1") as server:  # a 2-image message is always refused
+        host, port = _host_port(server.url)
+        connection = http.client.HTTPConnection(host, port, timeout=30)
+        connection.request("POST", "/v1/decode", body=two, headers=octet)
+        refused = connection.getresponse()
+        assert refused.status == 503 and refused.headers["Retry-After"] == "1"
+        refused.read()
+        started = time.perf_counter()
+        connection.request("POST", "/v1/decode", body=one, headers=octet)  # same connection, at once
+        answer = connection.getresponse()
+        held = time.perf_counter() - started
+        assert answer.status == 200 and held >= 0.5, (answer.status, held)
+        # The twin: a connection that was not refused is read at once.
+        fresh = http.client.HTTPConnection(host, port, timeout=30)
+        started = time.perf_counter()
+        fresh.request("POST", "/v1/decode", body=one, headers=octet)
+        assert fresh.getresponse().status == 200 and time.perf_counter() - started < 0.5
+        connection.close()
+        fresh.close()
 
 
 def _timed_post(url: str, body: bytes) -> tuple[int, dict, http.client.HTTPMessage, float]:
