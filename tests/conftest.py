@@ -280,3 +280,40 @@ def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+# ---- both cores busy from the start ----------------------------------------------------------------
+
+# The expensive session artifacts, as chains that share a checkpoint, with rough seconds on 2 cores.
+# Under xdist every worker splits the chains the selected tests need between the workers (longest
+# first, each to the least loaded) and builds its share before its first test; built_once makes
+# the other worker wait for, and reuse, anything it needs from the other's share. Without this,
+# both workers start on modules that need the same export, and one idles for minutes.
+PREBUILD_CHAINS = (
+    (("int8_export", "tuned_export"), 170),
+    (("static_export",), 60),
+    (("other_int8_export",), 50),
+    (("quick_int8_export",), 45),
+    (("fp32_export",), 35),
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _prebuild_my_share(request) -> None:
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker or workers < 2:
+        return
+    needed = set().union(*(set(getattr(item, "fixturenames", ())) for item in request.session.items))
+    load = [0] * workers
+    mine = []
+    for names, seconds in PREBUILD_CHAINS:  # already longest first
+        wanted = [name for name in names if name in needed]
+        if not wanted:
+            continue
+        least = load.index(min(load))
+        load[least] += seconds
+        if least == int(worker.removeprefix("gw")):
+            mine.extend(wanted)
+    for name in mine:
+        request.getfixturevalue(name)

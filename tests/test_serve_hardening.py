@@ -43,8 +43,9 @@ def _host_port(url: str) -> tuple[str, int]:
 
 def test_a_full_queue_answers_503_with_retry_after_at_once(int8_export):
     model = Model(int8_export)
-    # A long batch window holds the first 8 images; the queue takes 8 more; the rest must be refused at once.
-    with running_server(int8_export, "--max-batch", "8", "--max-wait-ms", "1500", "--max-queue", "8") as server:
+    # A long batch window (the batch holds 16) keeps the first 8 images waiting; the queue takes
+    # no more, so every later request in the window must be refused at once.
+    with running_server(int8_export, "--max-batch", "16", "--max-wait-ms", "1500", "--max-queue", "8") as server:
         with ThreadPoolExecutor(max_workers=24) as pool:
             started = time.perf_counter()
             futures = [pool.submit(_timed_post, server.url, model.message(model.wire_int8[i % 8 : i % 8 + 1])) for i in range(24)]

@@ -91,7 +91,7 @@ public enum DecoderClientError: Error, LocalizedError, Equatable {
         case .server(let status, let message): return "server answered \(status): \(message)"
         case .notHTTP: return "the answer was not HTTP"
         case .invalidResponse(let reason): return "the server's answer could not be read: \(reason)"
-        case .unsupportedURL(let url): return "server URL '\(url)' must start with http:// or https://"
+        case .unsupportedURL(let url): return "server URL '\(url)' must use the http or https scheme"
         case .invalidToken: return "the server token must be printable ASCII without spaces"
         }
     }
