@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -245,7 +245,7 @@ def build_call(spec: dict, threads: int, inputs: np.ndarray) -> Callable[[], np.
     raise ValueError(f"unknown runtime kind {kind!r}")
 
 
-def time_interleaved(calls: dict[str, Callable[[], object]], warmup: int, runs: int) -> dict[str, list[float]]:
+def time_interleaved(calls: Mapping[str, Callable[[], object]], warmup: int, runs: int) -> dict[str, list[float]]:
     """Seconds per call of each function: ``warmup`` untimed rounds, then ``runs`` timed rounds,
     one call of each function per round, the first function of a round rotating each round."""
     keys = list(calls)
@@ -453,7 +453,7 @@ def run_bench(
 
             try:
                 reference_encoder = load_decoder(first_dir / references[0]["path"])
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001  torch.jit.load raises anything on bad bytes: reported as a broken export
                 raise unloadable(first_dir / references[0]["path"], "TorchScript", e) from None
         decoder_entry = next((e for e in first["artifacts"] if e["target"] == "torchscript"), None)
         scale, zero_point = first["wire"]["scale"], first["wire"]["zero_point"]
@@ -482,9 +482,9 @@ def run_bench(
                 if plan.role == "cloud":
                     continue
                 outputs[plan.key] = build_call(plan.spec(), threads[0], inputs[b])()
-            base = next(p.key for p in plans[b] if p.role == "baseline")
+            base_key = next(p.key for p in plans[b] if p.role == "baseline")
             for key, out in outputs.items():
-                agreement[(key, b)] = cosine(out, outputs[base])
+                agreement[(key, b)] = cosine(out, outputs[base_key])
             outputs.clear()
             gc.collect()
 
@@ -492,7 +492,7 @@ def run_bench(
         threads_effective = {}
         for t in threads:
             torch.set_num_threads(t)
-            effective = {"torch": torch.get_num_threads(), "litert": t}
+            effective: dict[str, int | None] = {"torch": torch.get_num_threads(), "litert": t}
             if any(p.kind == "executorch" for ps in plans.values() for p in ps):
                 gc.collect()  # no program may outlive the threadpool it was loaded on
                 effective["executorch"] = reset_executorch_threads(t)
@@ -639,7 +639,8 @@ def _plan(
                         "ops_total": int(sum(ops.values())),
                         "wire_bytes_per_image": manifest["wire"]["bytes_per_image"],
                         "timed": False,
-                        "note": f"not timed: Core ML predicts only on macOS (this host: {platform.system()}); size and MIL op counts from the manifest",
+                        "note": f"not timed: Core ML predicts only on macOS (this host: {platform.system()}); "
+                        "size and MIL op counts from the manifest",
                     }
                 )
                 continue
@@ -657,7 +658,7 @@ def _plan(
                     1,
                     images,
                 )()
-            except Exception as e:  # bytes that match the manifest but the runtime cannot read
+            except Exception as e:  # noqa: BLE001  bytes that match the manifest but the runtime cannot read (it raises anything)
                 raise unloadable(path, RUNTIME_LABELS[entry["target"]], e) from None
             structure = _structure_note(entry["target"], shipped)
             for b in batches:
@@ -732,6 +733,7 @@ def _plan(
         for plan in plans[b]:
             seen[plan.key] = seen.get(plan.key, 0) + 1
             if seen[plan.key] > 1:
+                assert plan.export_dir is not None  # only device and decoder plans repeat, and they name their export
                 plan.key = f"{plan.key} ({Path(plan.export_dir).name})"
     return plans, coreml, calibration
 
@@ -757,7 +759,7 @@ def _litert_resize_works(path: Path, batch: int, export_dir: Path) -> tuple[bool
     images = _batch_inputs(np.load(export_dir / "golden" / "input.npy").astype(np.float32), batch)
     try:
         resized = build_call({"kind": "litert", "path": str(path), "batch": batch, "loop": False, "extra": {}}, 1, images)()
-    except Exception as e:  # the delegate refuses the new shape
+    except Exception as e:  # noqa: BLE001  the delegate refuses the new shape (LiteRT raises anything): a reported 'no'
         return False, f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}"
     looped = build_call({"kind": "litert", "path": str(path), "batch": batch, "loop": True, "extra": {}}, 1, images)()
     if resized.shape != looped.shape:
@@ -824,14 +826,16 @@ def validate_report(report: dict, check_files: bool = True) -> list[str]:
     for r in rows:
         if r.get("role") != "cloud" and r.get("wire_bytes_per_image") != wire_bytes:
             problems.append(
-                f"{r.get('runtime', r['artifact'])}: wire_bytes_per_image {r.get('wire_bytes_per_image')} differs from the report's {wire_bytes}"
+                f"{r.get('runtime', r['artifact'])}: wire_bytes_per_image {r.get('wire_bytes_per_image')} "
+                f"differs from the report's {wire_bytes}"
             )
         manifest = manifests.get(r["export_dir"])
         if manifest is None:
             continue
         if r.get("role") != "cloud" and manifest["wire"]["bytes_per_image"] != r["wire_bytes_per_image"]:
             problems.append(
-                f"{r['artifact']}: wire_bytes_per_image {r['wire_bytes_per_image']} differs from the manifest's {manifest['wire']['bytes_per_image']}"
+                f"{r['artifact']}: wire_bytes_per_image {r['wire_bytes_per_image']} "
+                f"differs from the manifest's {manifest['wire']['bytes_per_image']}"
             )
         entry = next((e for e in manifest["artifacts"] if e["path"] == r["artifact"]), None)
         size_key = "artifact_bytes" if "artifact_bytes" in r else "bytes"
@@ -856,7 +860,8 @@ def _size_on_disk(path: Path) -> int | None:
 def markdown_tables(report: dict) -> str:
     """The report as markdown tables (latency per configuration; Core ML; memory)."""
     lines = [
-        "| runtime | batch | threads | how | median ms | p90 ms | img/s | × eager fp32 | XNNPACK partitions | artifact B | wire B/img | peak RSS Δ |",
+        "| runtime | batch | threads | how | median ms | p90 ms | img/s | × eager fp32 "
+        "| XNNPACK partitions | artifact B | wire B/img | peak RSS Δ |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
@@ -873,7 +878,8 @@ def markdown_tables(report: dict) -> str:
         for c in report["coreml"]:
             top = ", ".join(f"{k} {v}" for k, v in sorted(c["ops"].items(), key=lambda kv: -kv[1])[:6])
             lines.append(
-                f"| {c['artifact']} | {c['precision']} | {c['bytes']:,} | {c['ops_total']} ({top}, …) | {c['wire_bytes_per_image']:,} | {c['note']} |"
+                f"| {c['artifact']} | {c['precision']} | {c['bytes']:,} | {c['ops_total']} ({top}, …) "
+                f"| {c['wire_bytes_per_image']:,} | {c['note']} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -966,7 +972,7 @@ def plot_report(report: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(threads), figsize=(6.5 * len(threads), 4.8), squeeze=False)
     width = 0.8 / len(runtimes)
     colors = plt.get_cmap("tab10")
-    for ax, t in zip(axes[0], threads):
+    for ax, t in zip(axes[0], threads, strict=True):
         for i, runtime in enumerate(runtimes):
             rows = [
                 (j, r)
@@ -986,7 +992,7 @@ def plot_report(report: dict, path: Path) -> None:
                 color=colors(i % 10),
                 label=runtime + (" (cloud)" if runtime == DECODER else ""),
             )
-            for x, (_, r) in zip(xs, rows):
+            for x, (_, r) in zip(xs, rows, strict=True):
                 if r["ratio_to_eager_fp32"] is not None:  # at the foot of the bar, clear of the whiskers
                     ax.text(
                         x,

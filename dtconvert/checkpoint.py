@@ -85,7 +85,8 @@ def load_checkpoint(path: str | Path) -> dict:
         blocked = re.search(r"unsupported GLOBAL (\S+)", str(e), re.IGNORECASE)
         if blocked:
             raise UserError(
-                f"{path}: refusing to load: the file needs the Python object {blocked.group(1)}, which could run arbitrary code (only weights_only checkpoints are accepted)"
+                f"{path}: refusing to load: the file needs the Python object {blocked.group(1)}, "
+                "which could run arbitrary code (only weights_only checkpoints are accepted)"
             ) from None
         raise UserError(f"{path}: not a readable checkpoint (not a PyTorch file, or corrupted)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, AttributeError, TypeError) as e:

@@ -259,7 +259,8 @@ def verify_command(
     if not report.passed:
         failed = [c for c in report.checks if not c.passed]
         _fail(
-            f"{len(failed)} of {len(report.checks)} checks failed; first: {failed[0].artifact} {failed[0].runtime} {failed[0].check}: {failed[0].detail}",
+            f"{len(failed)} of {len(report.checks)} checks failed; "
+            f"first: {failed[0].artifact} {failed[0].runtime} {failed[0].check}: {failed[0].detail}",
             code=1,
         )
     typer.echo(f"all {len(report.checks)} checks passed on {report.samples} images ({report.data})")
@@ -453,7 +454,7 @@ def _print_client_report(report, manifest: dict) -> None:
         table = Table(title=f"{report.runtime} → {report.url}")
         for column in ("image", *tasks, "payload B", "device ms", "round trip ms"):
             table.add_column(column, justify="right" if column[0] in "pdr" else "left")
-        for name, p, b, d, r in zip(report.images, report.predictions, report.payload_bytes, report.device_ms, report.rtt_ms):
+        for name, p, b, d, r in zip(report.images, report.predictions, report.payload_bytes, report.device_ms, report.rtt_ms, strict=True):
             table.add_row(
                 name, *(f"{p[t][0]['label']} ({p[t][0]['score']:.2f})" if t in p else "-" for t in tasks), str(b), f"{d:.2f}", f"{r:.2f}"
             )
@@ -646,7 +647,8 @@ def _print_demo_table(manifests: list[dict], reports: list) -> None:
     typer.echo(
         "device ms and round trip ms are medians (p50 / p95 for the round trip); bytes sent = wire header + int8 tensor;\n"
         "— : a task the variant does not have. Both variants' rows came from one server process holding one trunk.\n"
-        "* Core ML predicts only on Apple hardware: here its MIL program ran in dtconvert's reference interpreter, in-process (dtconvert verify)."
+        "* Core ML predicts only on Apple hardware: here its MIL program ran in dtconvert's reference interpreter, "
+        "in-process (dtconvert verify)."
     )
 
 
@@ -660,7 +662,8 @@ def bench(
     batch: str = typer.Option(
         "1",
         "--batch",
-        help="Batch sizes, comma-separated. Above 1, ExecuTorch is re-lowered at that batch from the checkpoint; LiteRT is resized if that is exact, else runs B batch-1 calls.",
+        help="Batch sizes, comma-separated. Above 1, ExecuTorch is re-lowered at that batch from the checkpoint; "
+        "LiteRT is resized if that is exact, else runs B batch-1 calls.",
     ),
     runs: int = typer.Option(30, "--runs", min=1, help="Timed runs per runtime and configuration, after the warm-up."),
     warmup: int = typer.Option(5, "--warmup", min=0, help="Untimed runs per runtime before timing."),
@@ -725,7 +728,8 @@ def sweep(
     pool_at: str | None = typer.Option(
         None,
         "--pool-at",
-        help="Configurations, comma-separated: 'none', or the recipe's pool_at layers joined by '+' (default: none, then each prefix of the recipe's pool_at).",
+        help="Configurations, comma-separated: 'none', or the recipe's pool_at layers joined by '+' "
+        "(default: none, then each prefix of the recipe's pool_at).",
     ),
     bottleneck: str | None = typer.Option(
         None, "--bottleneck", help="Wire widths, comma-separated; 0 keeps device_dim (default: the recipe's)."
@@ -735,9 +739,7 @@ def sweep(
     batch: str = typer.Option("1,8", "--batch", help="Batch sizes at which ExecuTorch latency is measured, comma-separated."),
     runs: int = typer.Option(30, "--runs", min=1, help="Timed runs per configuration and batch size."),
     threads: int = typer.Option(1, "--threads", min=1, help="Threads for ExecuTorch's XNNPACK threadpool while timing."),
-    calib: str | None = typer.Option(
-        None, "--calib", help="Calibration images per int8 export, as for 'dtconvert export' (default 128)."
-    ),
+    calib: str | None = typer.Option(None, "--calib", help="Calibration images per int8 export, as for 'dtconvert export' (default 128)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output directory (default: ./sweep/<recipe name>)."),
 ) -> None:
     """Split-point analysis: train, export and measure each pooling and bottleneck configuration.

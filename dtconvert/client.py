@@ -57,6 +57,7 @@ class DecoderClient:
         self.base = parts.path.rstrip("/")
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.retries, self.sleep, self.retried = retries, sleep, 0
+        self.connection: http.client.HTTPConnection  # HTTPS or plain
         if parts.scheme == "https":
             try:
                 context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
@@ -89,7 +90,7 @@ class DecoderClient:
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
                 self.connection.close()
                 if attempt:
-                    raise ServerError(f"{self.url}: the server closed the connection")
+                    raise ServerError(f"{self.url}: the server closed the connection") from None
             except ssl.SSLError as e:
                 self.connection.close()
                 raise UserError(
@@ -165,7 +166,7 @@ class ClientReport:
             "summary": self.summary(),
             "results": [
                 {"image": name, "predictions": p, "payload_bytes": b, "device_ms": round(d, 3), "rtt_ms": round(r, 3)}
-                for name, p, b, d, r in zip(self.images, self.predictions, self.payload_bytes, self.device_ms, self.rtt_ms)
+                for name, p, b, d, r in zip(self.images, self.predictions, self.payload_bytes, self.device_ms, self.rtt_ms, strict=True)
             ],
         }
 
@@ -191,7 +192,7 @@ def device_runner(export_dir: Path, manifest: dict, target: str):
 
             run = make_runner(path)
         run(np.zeros(manifest["device_input"]["shape"], dtype=np.float32))  # some runtimes fail only on the first call
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001  the runtime raises anything on bytes it cannot load: reported as a broken export
         raise unloadable(path, CLIENT_TARGETS[target], e) from None
     return run
 

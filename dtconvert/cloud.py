@@ -122,7 +122,7 @@ class SharedCloud:
             raise UserError("no export to serve")
         self.variants: dict[str, Variant] = {}
         self.heads: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # head key → (weight, bias)
-        self.trunk = None
+        self.trunk: torch.jit.ScriptModule  # the first export's decoder, set in the loop below (export_dirs is not empty)
         first: tuple[Path, dict] | None = None
         for export_dir in export_dirs:
             manifest = load_manifest(export_dir)
@@ -142,7 +142,7 @@ class SharedCloud:
             try:
                 decoder = load_decoder(path)
                 identity = cloud_identity(decoder, variant.tasks)
-            except Exception as e:  # a file that matches its sha256 but is no TorchScript decoder
+            except Exception as e:  # noqa: BLE001  a file that matches its sha256 but is no TorchScript decoder (torch raises anything)
                 raise unloadable(path, "TorchScript", e) from None
             recorded = manifest["model"].get("cloud")
             if recorded is not None and recorded["trunk_sha256"] != identity["trunk_sha256"]:

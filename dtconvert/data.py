@@ -171,7 +171,7 @@ def _read_labels_csv(recipe: Recipe, root: Path, files: list[Path]) -> tuple[lis
             raise UserError(f"{path}: missing column {missing[0]!r} (header: {', '.join(header)})")
         rows = {row["file"]: row for row in reader}
     columns, tasks = [], []
-    for task, classes in zip(recipe.tasks[1:], recipe.resolved_task_classes()[1:]):
+    for task, classes in zip(recipe.tasks[1:], recipe.resolved_task_classes()[1:], strict=True):
         values = []
         for f in files:
             rel = f.relative_to(root).as_posix()

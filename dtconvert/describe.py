@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from dtconvert.checkpoint import build_model, load_checkpoint, sha256_file
 from dtconvert.model import DeviceTuningModel, ModelConfig, count_parameters
@@ -29,7 +30,7 @@ def describe(source: str | Path) -> dict:
     if source.suffix == ".pt":
         ckpt = load_checkpoint(source)
         model = build_model(ckpt, source)
-        report = {"kind": "checkpoint", "source": str(source), "sha256": sha256_file(source)}
+        report: dict[str, Any] = {"kind": "checkpoint", "source": str(source), "sha256": sha256_file(source)}
         report.update(_shape_report(model.cfg, model))
         report["tasks"] = [{"name": t["name"], "classes": len(t["labels"]), "labels": t["labels"]} for t in ckpt["tasks"]]
         report["preprocessing"] = ckpt["preprocessing"]

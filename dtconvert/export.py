@@ -403,7 +403,7 @@ def write_golden(
     np.save(folder / "input.npy", images)
     np.save(folder / "wire_fp32.npy", wire)
     np.save(folder / "wire_int8.npy", wire_q)
-    for task, values in zip(tasks, logits):
+    for task, values in zip(tasks, logits, strict=True):
         np.save(folder / f"logits_{task}.npy", values.numpy())
     if index and ckpt["data"]["source"].get("kind") == "digits":
         from dtconvert.data import digits_uint8

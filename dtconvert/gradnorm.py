@@ -19,6 +19,8 @@ from torch import nn
 
 
 class GradNorm(nn.Module):
+    initial_losses: torch.Tensor  # a buffer: registered in __init__, typed here for the checker
+
     def __init__(self, num_tasks: int, alpha: float = 1.5, lr: float = 0.025) -> None:
         super().__init__()
         self.num_tasks = num_tasks
@@ -28,7 +30,7 @@ class GradNorm(nn.Module):
         self._initialised = False
         self.optimizer = torch.optim.Adam([self.weights], lr=lr)
 
-    def step(self, losses: torch.Tensor, shared: nn.Parameter) -> torch.Tensor:
+    def step(self, losses: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
         """Update the task weights from this step's per-task losses; return Σ w_i L_i to backprop.
 
         ``losses`` is the (num_tasks,) vector of task losses, still attached to the graph;

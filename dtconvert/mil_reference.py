@@ -236,6 +236,7 @@ def _broadcast_param(p: np.ndarray, rank: int, axis: int | None) -> np.ndarray:
     p = np.asarray(p)
     if p.ndim == 0:
         return p
+    assert axis is not None  # a vector parameter comes with its axis (checked by _v_quant_params)
     shape = [1] * rank
     shape[axis] = -1
     return p.reshape(shape)
@@ -257,7 +258,7 @@ def _dequant(a: dict) -> np.ndarray:
     # scale * (q - zero_point): q - zp is an exact integer (|q - zp| <= 255); times an fp16 scale the
     # float32 product is exact and the store rounds it once to fp16 (the scale's dtype, declared as
     # the output's); times an fp32 scale it is rounded once to float32.
-    q = a.get("input", a.get("quantized_data"))
+    q = a["input"] if "input" in a else a["quantized_data"]
     axis = a.get("axis")
     axis = None if axis is None else int(axis)
     x = q.astype(np.float32)
@@ -337,7 +338,7 @@ def _conv(a: dict) -> np.ndarray:
     if str(a["pad_type"]) == "custom":
         top, bottom, left, right = (int(p) for p in a.get("pad", (0, 0, 0, 0)))
         x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
-    cout, cin, kh, kw = w.shape
+    cout, _cin, kh, kw = w.shape
     # Windows of the dilated kernel's extent, then take every dilation-th tap and every stride-th
     # window: out[n, o, i, j] = sum_{c, p, q} x[n, c, i*sh + p*dh, j*sw + q*dw] * w[o, c, p, q].
     win = np.lib.stride_tricks.sliding_window_view(x, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
@@ -528,7 +529,7 @@ class MILReference:
     """
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        self.path: Path | None = Path(path)
         self._init(load_program(self.path))
 
     @classmethod
@@ -555,10 +556,12 @@ class MILReference:
         self.inputs = {name: (tuple(var.shape), _np_dtype(var)) for name, var in fn.inputs.items()}
         self.output_names = [var.name for var in fn.outputs]
         self._consts: dict[str, np.ndarray] = {}
-        self._plan: list[tuple[Callable, list[tuple[str, str]], str, tuple, type, str, str]] = []
+        # (kernel, (param, var) args, output, shape, dtype, op type, op name); the kernel is None only for
+        # const, which is evaluated here and never planned.
+        self._plan: list[tuple[Callable | None, list[tuple[str, str]], str, tuple, type, str, str]] = []
         for op in fn.operations:
             out = op.outputs[0]
-            args = []
+            args: list[tuple[str, str]] = []
             for param, var in op.inputs.items():
                 if isinstance(var, (list, tuple)):  # variadic inputs (concat, ...): none implemented
                     raise UnsupportedMILOp(op.op_type, op.name, f"variadic input {param!r}")
@@ -576,7 +579,7 @@ class MILReference:
 
     @staticmethod
     def _store(value: np.ndarray, entry) -> np.ndarray:
-        _, _, name, shape, dtype, op_type, op_name = entry
+        _, _, _name, shape, dtype, op_type, op_name = entry
         value = np.asarray(value)
         if value.shape != shape and all(isinstance(d, int) for d in shape):
             raise RuntimeError(f"MIL reference: {op_type} {op_name!r} produced shape {value.shape}, the program declares {shape}")

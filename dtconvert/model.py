@@ -270,7 +270,8 @@ def _init_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.Conv2d):
         fan_in = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
         nn.init.trunc_normal_(module.weight, std=math.sqrt(1.0 / fan_in))
-        nn.init.zeros_(module.bias)
+        if module.bias is not None:  # the patch embedding has one; a bias-free conv has nothing to zero
+            nn.init.zeros_(module.bias)
 
 
 def count_parameters(model: DeviceTuningModel) -> dict[str, int]:

@@ -57,9 +57,9 @@ def dataset_images(recipe: dict, index: list[int], preprocessing: dict) -> tuple
 
     parsed = parse_recipe({k: v for k, v in recipe.items() if k != "name"}, "stored recipe", recipe["name"])
     data = load_task_data(parsed)
-    index = np.asarray(index, dtype=np.int64)
-    images = normalize(data.images01(index), preprocessing["mean"], preprocessing["std"]).numpy().astype(np.float32)
-    return images, data.labels[index]
+    rows = np.asarray(index, dtype=np.int64)
+    images = normalize(data.images01(rows), preprocessing["mean"], preprocessing["std"]).numpy().astype(np.float32)
+    return images, data.labels[rows]
 
 
 def checkpoint_images(ckpt: dict, split: str, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:

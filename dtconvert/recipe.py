@@ -77,7 +77,7 @@ class Recipe:
             cloud_depth=self.cloud_depth,
             cloud_heads=self.cloud_heads,
             mlp_ratio=self.mlp_ratio,
-            tasks=tuple(zip(self.tasks, self.resolved_task_classes())),
+            tasks=tuple(zip(self.tasks, self.resolved_task_classes(), strict=True)),
         )
 
     def resolved_task_classes(self) -> list[int]:

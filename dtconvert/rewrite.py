@@ -25,6 +25,8 @@ class LinearLayerNorm(nn.Module):
     summation order differs).
     """
 
+    average: torch.Tensor  # a buffer: registered in __init__, typed here for the checker
+
     def __init__(self, norm: nn.LayerNorm) -> None:
         super().__init__()
         if len(norm.normalized_shape) != 1 or not norm.elementwise_affine:

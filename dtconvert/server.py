@@ -30,6 +30,7 @@ import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Self
 
 import torch
 from fastapi import Request  # resolved at module level: FastAPI reads the handlers' annotations
@@ -369,10 +370,12 @@ def create_app(service: SharedCloud, options: ServeOptions | None = None):
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
-    app.state.count_rejected = lambda path: (
-        requests_total.labels(path if path in _ENDPOINTS else "other", "503").inc(),
-        errors_total.labels("connections").inc() if path == "/v1/decode" else None,
-    )
+    def count_rejected(path: str) -> None:
+        requests_total.labels(path if path in _ENDPOINTS else "other", "503").inc()
+        if path == "/v1/decode":
+            errors_total.labels("connections").inc()
+
+    app.state.count_rejected = count_rejected
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -554,7 +557,7 @@ def _guarded_protocol(header_timeout: float):
             if not self.transport.is_closing():
                 self.transport.close()
 
-        def connection_made(self, transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport) -> None:
             super().connection_made(transport)
             self._arm()  # a connection that never sends a request
 
@@ -645,18 +648,18 @@ def make_server(service: SharedCloud, sock: socket.socket, options: ServeOptions
 
     app = create_app(service, options)
     _install_connection_limit_answer(app, options.retry_after)
-    logging = {} if own_logging else {"log_config": None}
-    tls = {"ssl_certfile": str(options.tls_cert), "ssl_keyfile": str(options.tls_key)} if options.tls_cert else {}
+    logging: dict[str, Any] = {} if own_logging else {"log_config": None}
+    tls: dict[str, Any] = {"ssl_certfile": str(options.tls_cert), "ssl_keyfile": str(options.tls_key)} if options.tls_cert else {}
     config = uvicorn.Config(
         app,
         log_level="warning",
         access_log=False,
-        timeout_graceful_shutdown=graceful_seconds,
+        timeout_graceful_shutdown=graceful_seconds,  # type: ignore[arg-type]  # uvicorn says int; asyncio takes float
         loop="auto",
         http=_guarded_protocol(options.header_timeout),
         lifespan="on",
         limit_concurrency=options.max_connections,
-        timeout_keep_alive=options.keep_alive,
+        timeout_keep_alive=options.keep_alive,  # type: ignore[arg-type]  # uvicorn says int; loop.call_later takes float
         server_header=False,
         **tls,
         **logging,
@@ -724,7 +727,7 @@ class BackgroundServer:
         self.server = make_server(self.service, self.sock, options or ServeOptions(), own_logging=False)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
-    def __enter__(self) -> BackgroundServer:
+    def __enter__(self) -> Self:
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.server.started:

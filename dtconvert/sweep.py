@@ -369,7 +369,7 @@ def _time_rows(rows: list[dict], checkpoints: dict, batches: list[int], runs: in
                     calibration_cache[row["config"]] = calibration_for(ckpt, load_manifest(export_dir))
                 path = work / f"{i}_b{b}.pte"
                 quantized[(i, "q")] = lower_executorch(
-                    ckpt, row["wire"], b, calibration_cache[row["config"]], path, work, quantized=quantized.get((i, "q"))
+                    ckpt, row["wire"], b, calibration_cache[row["config"]], path, quantized=quantized.get((i, "q"))
                 )
                 programs[(i, b)] = (str(path), f"re-lowered at batch {b} from the configuration's checkpoint")
         torch.set_num_threads(threads)
@@ -627,7 +627,7 @@ def plot_sweep(report: dict, path: Path) -> None:
     latencies = [r["latency"][str(batches[0])]["median_ms"] for r in rows]
     scale = 600.0 / max(latencies)
     points = []
-    for row, latency in zip(rows, latencies):
+    for row, latency in zip(rows, latencies, strict=True):
         x, y = row["wire_bytes_per_image"], 100 * row["device_accuracy"][task]
         ax.scatter(
             x,
@@ -672,7 +672,8 @@ def plot_sweep(report: dict, path: Path) -> None:
     ]
     ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3)
     for bottleneck, wire in sorted({(r["bottleneck"], r["wire"]) for r in rows}):
-        for b, style in zip(batches, ("-", "--", ":", "-.")):
+        # Four line styles: batch sizes past the fourth get no line (the table and CSV still have them).
+        for b, style in zip(batches, ("-", "--", ":", "-."), strict=False):
             series = sorted(
                 (r["pool_stages"], r["latency"][str(b)]["images_per_s"]) for r in rows if (r["bottleneck"], r["wire"]) == (bottleneck, wire)
             )
@@ -705,6 +706,8 @@ def plot_sweep(report: dict, path: Path) -> None:
 def _place_labels(fig, ax, points: list[tuple[float, float, str]]) -> None:
     """Label each point beside it, trying a few offsets until the label overlaps no earlier one
     (points of equal bytes and similar accuracy are common in a sweep)."""
+    from matplotlib.transforms import Bbox
+
     offsets = [
         (9, 3, "left"),
         (-9, 3, "right"),
@@ -716,7 +719,7 @@ def _place_labels(fig, ax, points: list[tuple[float, float, str]]) -> None:
         (-9, -21, "right"),
     ]
     fig.canvas.draw()
-    taken = []
+    taken: list[Bbox] = []
     for x, y, text in points:
         for dx, dy, ha in offsets:
             label = ax.annotate(text, (x, y), fontsize=6.5, xytext=(dx, dy), textcoords="offset points", ha=ha)

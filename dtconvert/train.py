@@ -16,6 +16,7 @@ import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from dtconvert.checkpoint import load_checkpoint, model_config_of, save_checkpoi
 from dtconvert.data import TaskData, load_task_data, normalize, stratified_split
 from dtconvert.errors import UserError
 from dtconvert.gradnorm import GradNorm
-from dtconvert.model import DeviceTuningModel, ModelConfig
+from dtconvert.model import DeviceTuningModel, ModelConfig, TransformerLayer
 from dtconvert.output import console as make_console
 from dtconvert.recipe import Recipe
 
@@ -98,7 +99,8 @@ def _prepare_tuning(recipe: Recipe, cfg: ModelConfig, init_path: Path) -> tuple[
     if differ:
         k = differ[0]
         raise UserError(
-            f"{init_path}: its {k} is {init_cfg.to_dict()[k]!r} but recipe {recipe.name} says {cfg.to_dict()[k]!r}; tuning keeps the architecture"
+            f"{init_path}: its {k} is {init_cfg.to_dict()[k]!r} but recipe {recipe.name} says {cfg.to_dict()[k]!r}; "
+            "tuning keeps the architecture"
         )
     new_tasks = dict(cfg.tasks)
     for name, classes in init_cfg.tasks:
@@ -150,9 +152,13 @@ def train(
     if tune == "device":
         for name, p in model.decoder.named_parameters():
             p.requires_grad_(name.startswith("heads.") and name.split(".")[1] in new_tasks)
-        shared = model.encoder.bottleneck.weight if cfg.bottleneck else model.encoder.layers[-1].ffn.fc2.weight
+        # Casts: nn.ModuleList and the Linear-or-Identity bottleneck lose their element types.
+        if cfg.bottleneck:
+            shared = cast(torch.nn.Linear, model.encoder.bottleneck).weight
+        else:
+            shared = cast(TransformerLayer, model.encoder.layers[-1]).ffn.fc2.weight
     else:
-        shared = model.decoder.trunk[-1].ffn.fc2.weight if cfg.cloud_depth else model.decoder.input_proj.weight
+        shared = cast(TransformerLayer, model.decoder.trunk[-1]).ffn.fc2.weight if cfg.cloud_depth else model.decoder.input_proj.weight
     frozen_cloud = {k: v.clone() for k, v in model.decoder.state_dict().items()} if tune == "device" else None
     model.to(device)
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
@@ -217,10 +223,10 @@ def train(
                 step += 1
                 progress.advance(step_bar)
             accuracy = evaluate(model, data, heldout_idx, recipe.mean, recipe.std, device)
-            record = {
+            record: dict[str, Any] = {
                 "epoch": epoch + 1,
-                "loss": {n: round(float(v) / len(batches), 4) for n, v in zip(cfg.task_names, loss_sum)},
-                "weights": dict(zip(cfg.task_names, gradnorm.current())),
+                "loss": {n: round(float(v) / len(batches), 4) for n, v in zip(cfg.task_names, loss_sum, strict=True)},
+                "weights": dict(zip(cfg.task_names, gradnorm.current(), strict=True)),
                 "heldout": {n: round(a, 4) for n, a in accuracy.items()},
             }
             history.append(record)

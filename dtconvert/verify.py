@@ -182,7 +182,7 @@ def device_runners(export_dir: Path, entry: dict):
 def _load(path: Path, runtime: str, load):
     try:
         return load(path)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001  the runtime raises anything on bytes it cannot load: reported as a broken export
         raise unloadable(path, runtime, e) from None
 
 
@@ -265,13 +265,13 @@ def verify_export(
     with torch.no_grad():
         outputs = reference(torch.from_numpy(images))
     reference_wire = outputs[0].numpy()
-    reference_logits = {t: o.numpy() for t, o in zip(tasks, outputs[1:])}
+    reference_logits = {t: o.numpy() for t, o in zip(tasks, outputs[1:], strict=True)}
 
     def decode(wire_float: np.ndarray) -> dict[str, np.ndarray]:
         q = torch.from_numpy(quantize_wire(wire_float, scale, zero_point))
         with torch.no_grad():
             logits = decoder(q, torch.tensor([scale], dtype=torch.float32), torch.tensor([zero_point], dtype=torch.int32))
-        return {t: o.numpy() for t, o in zip(tasks, logits)}
+        return {t: o.numpy() for t, o in zip(tasks, logits, strict=True)}
 
     def end_to_end(artifact: str, runtime: str, logits: dict, bounds: dict) -> dict:
         numbers = {}
@@ -327,13 +327,13 @@ def verify_export(
             continue
         except UserError:
             raise
-        except Exception as e:  # bytes that match the manifest but no runtime can read: a broken export
+        except Exception as e:  # noqa: BLE001  bytes that match the manifest but no runtime can read (it raises anything): a broken export
             raise unloadable(export_dir / name, target, e) from None
         for runtime, run, _ in runners:
             bounds = tolerances.get(target, precision, runtime)
             try:
                 wire = _run_batched(run, images)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001  whatever the runtime raises while running is a reported failed check
                 report.add(name, runtime, "run", False, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
                 continue
             wire_numbers = {

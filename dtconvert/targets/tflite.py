@@ -26,6 +26,7 @@ import shutil
 import socket
 from collections import Counter
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -60,13 +61,16 @@ def no_network():
     def refuse(*args, **kwargs):
         raise OSError("dtconvert: network access is disabled during conversion")
 
-    saved = (socket.socket.connect, socket.socket.connect_ex, socket.create_connection, socket.getaddrinfo)
-    socket.socket.connect = socket.socket.connect_ex = refuse
-    socket.create_connection = socket.getaddrinfo = refuse
-    try:
+    # patch.object puts each back on exit, as it was (socket.socket inherits connect from _socket).
+    with contextlib.ExitStack() as patches:
+        for owner, name in (
+            (socket.socket, "connect"),
+            (socket.socket, "connect_ex"),
+            (socket, "create_connection"),
+            (socket, "getaddrinfo"),
+        ):
+            patches.enter_context(mock.patch.object(owner, name, refuse))
         yield
-    finally:
-        socket.socket.connect, socket.socket.connect_ex, socket.create_connection, socket.getaddrinfo = saved
 
 
 @contextlib.contextmanager

@@ -20,15 +20,19 @@ from __future__ import annotations
 import hashlib
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from dtconvert.model import CloudDecoder, DeviceTuningModel
 
 WIRE_INPUTS = ("wire", "scale", "zero_point")
 
 
 class QuantizedWireDecoder(nn.Module):
-    def __init__(self, decoder: nn.Module, task_names: list[str]) -> None:
+    def __init__(self, decoder: CloudDecoder, task_names: list[str]) -> None:
         super().__init__()
         self.input_proj, self.pos_embed, self.trunk = decoder.input_proj, decoder.pos_embed, decoder.trunk
         # A list in task order, not the ModuleDict: TorchScript names submodules after their
@@ -58,7 +62,7 @@ def example_inputs(wire_shape: list[int], batch: int, scale: float, zero_point: 
     return wire, torch.full((batch, 1), scale, dtype=torch.float32), torch.full((batch, 1), zero_point, dtype=torch.int32)
 
 
-def export_decoder(decoder: nn.Module, task_names: list[str], wire_shape: list[int], scale: float, zero_point: int, path: Path) -> None:
+def export_decoder(decoder: CloudDecoder, task_names: list[str], wire_shape: list[int], scale: float, zero_point: int, path: Path) -> None:
     """Trace the decoder (``forward`` and ``shared_trunk``) and check both against eager at several batch sizes."""
     module = QuantizedWireDecoder(decoder, task_names).eval()
     example = example_inputs(wire_shape, 2, scale, zero_point)
@@ -70,7 +74,7 @@ def export_decoder(decoder: nn.Module, task_names: list[str], wire_shape: list[i
     with torch.no_grad():
         for batch in (1, 3, 8):
             inputs = example_inputs(wire_shape, batch, scale, zero_point)
-            pairs = [*zip(loaded(*inputs), module(*inputs)), (loaded.shared_trunk(*inputs), module.shared_trunk(*inputs))]
+            pairs = [*zip(loaded(*inputs), module(*inputs), strict=True), (loaded.shared_trunk(*inputs), module.shared_trunk(*inputs))]
             for got, want in pairs:
                 if not torch.allclose(got, want, atol=1e-5, rtol=0):
                     raise RuntimeError(f"traced decoder disagrees with eager at batch {batch}")
@@ -147,7 +151,7 @@ instance_group [ {{ kind: KIND_CPU, count: 1 }} ]
 class ReferenceModel(nn.Module):
     """The whole fp32 model, for verification: image → (float wire tensor, logits per task)."""
 
-    def __init__(self, model: nn.Module, task_names: list[str]) -> None:
+    def __init__(self, model: DeviceTuningModel, task_names: list[str]) -> None:
         super().__init__()
         self.encoder = model.encoder
         self.cloud = QuantizedWireDecoder(model.decoder, task_names)
@@ -158,7 +162,7 @@ class ReferenceModel(nn.Module):
         return (wire, *(head(feature) for head in self.cloud.heads))
 
 
-def export_reference(model: nn.Module, task_names: list[str], example: torch.Tensor, path: Path) -> None:
+def export_reference(model: DeviceTuningModel, task_names: list[str], example: torch.Tensor, path: Path) -> None:
     """Trace the fp32 model as the export's own reference, checked against eager at two batch sizes."""
     module = ReferenceModel(model, task_names).eval()
     with warnings.catch_warnings():
@@ -171,6 +175,6 @@ def export_reference(model: nn.Module, task_names: list[str], example: torch.Ten
             x = torch.randn(batch, *example.shape[1:], generator=torch.Generator().manual_seed(batch))
             wire = model.encode(x)
             logits = model.decode(wire)
-            for got, want in zip(loaded(x), (wire, *(logits[n] for n in task_names))):
+            for got, want in zip(loaded(x), (wire, *(logits[n] for n in task_names)), strict=True):
                 if not torch.allclose(got, want, atol=1e-5, rtol=0):
                     raise RuntimeError(f"traced reference model disagrees with eager at batch {batch}")
