@@ -15,6 +15,22 @@ import torch
 
 from dtconvert.model import DeviceTuningModel, ModelConfig
 
+
+def _share_the_cores() -> None:
+    """Under pytest-xdist each worker (and every process it starts) gets cores ÷ workers intra-op
+    threads: torch's and TensorFlow's default of one thread per core in every worker oversubscribes
+    the machine, and their spinning thread pools then slow everything down."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers < 2:
+        return
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        os.environ.setdefault(name, threads)
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+_share_the_cores()
+
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes"
 

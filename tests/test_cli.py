@@ -169,7 +169,7 @@ def test_every_command_once_on_the_one_epoch_model(quick_ckpt, tmp_path):
     from tests.serving import running_server
 
     export = tmp_path / "export"
-    done = run_cli("export", str(quick_ckpt), "--target", "executorch", "--calib", "32", "--out", str(export))
+    done = run_cli("export", str(quick_ckpt), "--target", "executorch", "--calib", "32", "--no-verify", "--out", str(export))
     assert done.returncode == 0 and (export / "manifest.json").is_file(), done.stderr
     done = run_cli("verify", str(export), "--limit", "30")
     assert done.returncode == 0 and "checks passed" in done.stdout, done.stdout + done.stderr
