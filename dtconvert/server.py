@@ -72,6 +72,8 @@ class ServeOptions:
 # accepted request waits only a few decoder calls (the digits decoder drains 256 images in about
 # 20 ms on 2 cores). Beyond it more waiting would add latency, never throughput.
 QUEUE_BATCHES = 8
+# An answer given before the body was read whole: the connection cannot carry another request.
+UNREAD_BODY = {"Connection": "close"}
 # The ASGI scope key by which a handler asks the connection to read nothing more for N seconds.
 HOLD_KEY = "dtconvert.hold_seconds"
 
@@ -485,16 +487,20 @@ def create_app(service: SharedCloud, options: ServeOptions | None = None):
             if not declared.isdigit():
                 raise RequestError(400, f"Content-Length {declared!r} is not a number", "content_length")
             if int(declared) > max_body_bytes:
-                raise RequestError(413, f"body of {int(declared)} bytes is over the limit of {max_body_bytes} bytes", "too_large")
+                raise RequestError(
+                    413, f"body of {int(declared)} bytes is over the limit of {max_body_bytes} bytes", "too_large", headers=UNREAD_BODY
+                )
         body = bytearray()
         try:
             async with asyncio.timeout(options.body_timeout):  # a slow body cannot hold a request open
                 async for chunk in request.stream():  # also bounds chunked bodies that declare no length
                     body += chunk
                     if len(body) > max_body_bytes:
-                        raise RequestError(413, f"body is over the limit of {max_body_bytes} bytes", "too_large")
+                        raise RequestError(413, f"body is over the limit of {max_body_bytes} bytes", "too_large", headers=UNREAD_BODY)
         except TimeoutError:
-            raise RequestError(408, f"the request body did not arrive within {options.body_timeout:g} s", "timeout") from None
+            raise RequestError(
+                408, f"the request body did not arrive within {options.body_timeout:g} s", "timeout", headers=UNREAD_BODY
+            ) from None
         try:
             payload = decode_payload(bytes(body), max_bytes=max_body_bytes)
         except WireFormatError as e:

@@ -1,7 +1,7 @@
 """dtconvert sweep: a two-configuration sweep on digits (one epoch each), its outputs checked, and twins.
 
-Latency is measured at batch 1 only here: re-lowering at a larger batch is the same code
-(``dtconvert.bench.lower_executorch``) that tests/test_bench.py runs and checks.
+Latency is measured at batches 1 and 2: a larger batch re-lowers the encoder (a stale argument
+once crashed every sweep above batch 1, unnoticed while this test ran batch 1 alone).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def sweep_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sweep")
     out = folder / "out"
     done = run_cli("sweep", "digits", "--pool-at", "1+2,1+2+3", "--bottleneck", "8", "--wire", "int8,fp32", "--epochs", "1",
-                   "--batch", "1", "--runs", "3", "--calib", "32", "--out", str(out), cwd=folder)
+                   "--batch", "1,2", "--runs", "3", "--calib", "32", "--out", str(out), cwd=folder)
     assert done.returncode == 0, done.stderr
     return done, json.loads((out / "sweep.json").read_text()), out
 
@@ -59,14 +59,15 @@ def test_rows_follow_the_model_and_the_files(sweep_run):
     assert rows[("pool-1+2_b8", "int8")]["device_flops"] > rows[("pool-1+2+3_b8", "int8")]["device_flops"] > 0
     for r in report["rows"]:
         assert (out / r["pte"]).stat().st_size == r["pte_bytes"]
-        assert set(r["latency"]) == {"1"} and r["latency"]["1"]["how"] == "exported .pte at batch 1"
+        assert set(r["latency"]) == {"1", "2"} and r["latency"]["1"]["how"] == "exported .pte at batch 1"
+        assert r["latency"]["2"]["median_ms"] > 0 and "batch 2" in r["latency"]["2"]["how"]
         if r["wire"] == "fp32":  # fp32 ExecuTorch is the fp32 model: at most one held-out image may flip
             assert all(abs(v) <= 100 / r["heldout_images"] + 1e-9 for v in r["accuracy_change_points"].values()), r
             assert r["verified"] is None
         else:
             assert isinstance(r["verified"], bool)
     assert {(s["from"], s["to"], s["wire"], s["batch"]) for s in report["funnel"]} == {
-        ("pool-1+2_b8", "pool-1+2+3_b8", w, 1) for w in ("int8", "fp32")}
+        ("pool-1+2_b8", "pool-1+2+3_b8", w, b) for w in ("int8", "fp32") for b in (1, 2)}
     with open(out / "sweep.csv", newline="") as fh:
         table = list(csv.DictReader(fh))
     assert len(table) == 4
