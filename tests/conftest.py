@@ -290,11 +290,16 @@ def end_to_end(export_dir: Path, wire, decode_scale: float | None = None) -> dic
 # Swift toolchain, or run a training sweep: a test that uses one is in the slow lane, so that
 # `pytest -m "not slow"` runs in minutes and still runs every command on the one-epoch model.
 SLOW_FIXTURES = frozenset({"digits_ckpt", "tuned_ckpt", "swift_toolchain", "dtcore_build", "sweep_run"})
+# Fixtures built on those, as tests name them in parameters and fetch with request.getfixturevalue
+# (which item.fixturenames cannot see).
+SLOW_BY_NAME = SLOW_FIXTURES | {"int8_export", "tuned_export", "int8_reference", "int8_package"}
 
 
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        callspec = getattr(item, "callspec", None)
+        named = {v for v in callspec.params.values() if isinstance(v, str)} if callspec else set()
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or SLOW_BY_NAME & named:
             item.add_marker(pytest.mark.slow)
 
 
