@@ -692,8 +692,9 @@ def bench(
             raise UserError(f"{export_dir}: not an export directory (no manifest.json)")
     from dtconvert.bench import how_lines, plot_report, rich_table, run_bench, validate_report, write_json
     from dtconvert.output import console as make_console
+    from dtconvert.output import progress_console
 
-    console = make_console(file=os.fdopen(os.dup(2), "w", buffering=1, closefd=True))
+    console = progress_console()
     report = _quietly(
         lambda: run_bench(
             export_dirs,
@@ -753,12 +754,12 @@ def sweep(
     bottlenecks = None if bottleneck is None else parse_bottleneck(bottleneck)
     wires, batches = parse_wire(wire), parse_counts(batch, "--batch")
     recipe_path = resolve_recipe(recipe)
-    from dtconvert.output import console as make_console
+    from dtconvert.output import progress_console
     from dtconvert.recipe import load_recipe
     from dtconvert.sweep import markdown_table, run_sweep
 
     out = out if out is not None else Path("sweep") / load_recipe(recipe_path).name
-    console = make_console(file=os.fdopen(os.dup(2), "w", buffering=1, closefd=True))
+    console = progress_console()
     report = _quietly(
         lambda: run_sweep(
             recipe_path,

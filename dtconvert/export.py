@@ -32,7 +32,7 @@ from dtconvert import __version__
 from dtconvert.checkpoint import build_model, load_checkpoint, sha256_file
 from dtconvert.errors import UserError
 from dtconvert.manifest import SCHEMA_VERSION, describe_file, write_manifest
-from dtconvert.output import console as make_console
+from dtconvert.output import progress_console, redirected_fds
 from dtconvert.quantize import calibration_images, wire_qparams
 from dtconvert.targets import (
     DEVICE_TARGETS,
@@ -88,23 +88,11 @@ class _Stages:
 @contextlib.contextmanager
 def _redirect_fds(log_path: Path, label: str):
     """Send file descriptors 1 and 2 (Python and C++ alike) to the log for the duration."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"\n===== {label} =====\n")
         log.flush()
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
-        try:
+        with redirected_fds(log):
             yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
 
 
 def _tool_versions() -> dict[str, str]:
@@ -136,7 +124,7 @@ def run_export(
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: --out exists and is not a directory")
     # Open the terminal before any redirection so progress still reaches the user.
-    console = console or make_console(file=os.fdopen(os.dup(2), "w", buffering=1, closefd=True))
+    console = console or progress_console()
 
     # 1. Load and split (the split is the model's own encode()/decode() boundary).
     ckpt = load_checkpoint(checkpoint)

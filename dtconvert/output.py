@@ -17,7 +17,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import IO, TYPE_CHECKING, Any, TextIO
 
 from rich.console import Console
 
@@ -104,24 +104,37 @@ def github_summary(checks: list[Check], export_dir: str, samples: int, data: str
 
 
 @contextlib.contextmanager
+def redirected_fds(target: IO) -> Iterator[None]:
+    """Point file descriptors 1 and 2 (Python's and native code's output alike) at ``target``, an
+    open file, for the duration; restore them after."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    os.dup2(target.fileno(), 1)
+    os.dup2(target.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+@contextlib.contextmanager
 def quiet_native() -> Iterator[None]:
     """Hold back what native code writes to file descriptors 1 and 2 for the duration (ExecuTorch's
     runtime logs its CPU probing at load time); it is dropped, as the caller turns a failure into one
     sentence of its own."""
     import tempfile
 
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
+    with tempfile.TemporaryFile() as sink, redirected_fds(sink):
+        yield
+
+
+def progress_console() -> Console:
+    """A console on a duplicate of the process's stderr, so progress still reaches the user while
+    :func:`redirected_fds` sends descriptors 1 and 2 (the converters' chatter) to a log."""
+    return console(file=os.fdopen(os.dup(2), "w", buffering=1, closefd=True))

@@ -134,6 +134,15 @@ def _save(module: nn.Module, example: tuple, path: Path) -> None:
         torch.jit.save(traced, str(path))
 
 
+def _wire_inputs(tokens: int, width: int) -> str:
+    """The inputs of the trunk and of every ensemble: int8 wire rows, each with its scale and zero point."""
+    return f"""input [
+  {{ name: "INPUT__0" data_type: TYPE_INT8 dims: [ {tokens}, {width} ] }},
+  {{ name: "INPUT__1" data_type: TYPE_FP32 dims: [ 1 ] }},
+  {{ name: "INPUT__2" data_type: TYPE_INT32 dims: [ 1 ] }}
+]"""
+
+
 def _write_trunk(repo: Path, cloud, tokens: int, width: int, feature_dim: int) -> None:
     v = next(iter(cloud.variants.values()))
     example = (
@@ -149,11 +158,7 @@ def _write_trunk(repo: Path, cloud, tokens: int, width: int, feature_dim: int) -
 name: "{TRUNK_MODEL}"
 platform: "pytorch_libtorch"
 max_batch_size: {MAX_BATCH}
-input [
-  {{ name: "INPUT__0" data_type: TYPE_INT8 dims: [ {tokens}, {width} ] }},
-  {{ name: "INPUT__1" data_type: TYPE_FP32 dims: [ 1 ] }},
-  {{ name: "INPUT__2" data_type: TYPE_INT32 dims: [ 1 ] }}
-]
+{_wire_inputs(tokens, width)}
 output [
   {{ name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ {feature_dim} ] }}
 ]
@@ -214,11 +219,7 @@ def _write_ensemble(repo: Path, variant, tokens: int, width: int) -> None:
 name: "{name}"
 platform: "ensemble"
 max_batch_size: {MAX_BATCH}
-input [
-  {{ name: "INPUT__0" data_type: TYPE_INT8 dims: [ {tokens}, {width} ] }},
-  {{ name: "INPUT__1" data_type: TYPE_FP32 dims: [ 1 ] }},
-  {{ name: "INPUT__2" data_type: TYPE_INT32 dims: [ 1 ] }}
-]
+{_wire_inputs(tokens, width)}
 output [
 {outputs}
 ]
