@@ -220,7 +220,7 @@ def export(
             code=1,
         )
     if verification is not None:
-        typer.echo(f"verified: {verification['checks']} checks passed on {verification['samples']} held-out images")
+        typer.echo(f"verified: {verification['checks']} checks passed on {verification['samples']} images ({_sets_text(verification['sets'])})")
 
 
 @app.command("verify")
@@ -228,15 +228,18 @@ def export(
 def verify_command(
     export_dir: Path = typer.Argument(..., help="A directory written by 'dtconvert export'."),
     data: Path | None = typer.Option(
-        None, "--data", help="Verify on these images instead (sub-folders named after the first task's labels give accuracy too)."
+        None,
+        "--data",
+        help="Also verify on these images (sub-folders named after the first task's labels give accuracy too when the "
+        "export's own data is not on this machine).",
     ),
-    digits: bool = typer.Option(False, "--digits", help="Verify on the bundled digits' held-out split (models trained on digits)."),
+    digits: bool = typer.Option(False, "--digits", help="Insist on the bundled digits (an error for a model trained on other data)."),
     json_report: Path | None = typer.Option(None, "--json", help="Write every number to this JSON file."),
     junit: Path | None = typer.Option(None, "--junit", help="Write a JUnit XML report (one test case per artifact and check)."),
     tolerance: Path | None = typer.Option(
         None, "--tolerance", help="YAML file overriding the default bounds (target → precision → bound)."
     ),
-    limit: int | None = typer.Option(None, "--limit", min=1, help="Use only the first N held-out images."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Use only the first N images of each set (held-out, rest, folder)."),
 ) -> None:
     """Accuracy parity of every artifact in its real runtime against the fp32 model: a CI gate.
 
@@ -244,15 +247,14 @@ def verify_command(
 
     Example: dtconvert verify export/ckpt --json verify.json --junit verify.xml
     """
-    from dtconvert.output import console as make_console
+    from dtconvert.output import progress_console, third_party_log
     from dtconvert.verify import verify_export, write_reports
 
-    if data is not None and digits:
-        raise UserError("--data and --digits are alternatives; pass one")
-    console = make_console(stderr=True)
-    report = verify_export(
-        export_dir, data=data, digits=digits, tolerance_file=tolerance, limit=limit, log=lambda line: console.print(line, highlight=False)
-    )
+    console = progress_console()
+    with third_party_log(export_dir, "verify"):
+        report = verify_export(
+            export_dir, data=data, digits=digits, tolerance_file=tolerance, limit=limit, log=lambda line: console.print(line, highlight=False)
+        )
     write_reports(report, json_report, junit)
     _print_verify_table(report)
     _report_to_github(report)
@@ -263,7 +265,11 @@ def verify_command(
             f"first: {failed[0].artifact} {failed[0].runtime} {failed[0].check}: {failed[0].detail}",
             code=1,
         )
-    typer.echo(f"all {len(report.checks)} checks passed on {report.samples} images ({report.data})")
+    typer.echo(f"all {len(report.checks)} checks passed on {report.samples} images ({_sets_text(report.sets)})")
+
+
+def _sets_text(sets: dict) -> str:
+    return ", ".join(f"{n} {name}" for name, n in sets.items())
 
 
 def verify_table(report):
@@ -284,7 +290,43 @@ def verify_table(report):
 def _print_verify_table(report) -> None:
     from dtconvert.output import console as make_console
 
-    make_console().print(verify_table(report))
+    console = make_console()
+    console.print(verify_table(report))
+    flips = flips_table(report)
+    if flips is not None:
+        console.print(flips)
+
+
+WORST_FLIPS = 5
+
+
+def flips_table(report):
+    """The worst disagreements with the fp32 model (largest fp32 margin first); --json lists all."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    rows = sorted(report.disagreements(), key=lambda r: -r[3]["fp32_margin"])
+    if not rows:
+        return None
+    near_ties = sum(d["near_tie"] for *_, d in rows)
+    table = Table(
+        title=f"{len(rows)} disagreements with the fp32 model ({near_ties} near-ties); the {min(WORST_FLIPS, len(rows))} "
+        "with the largest fp32 margin (--json lists every one)"
+    )
+    for column in ("artifact", "runtime", "task", "image", "fp32 → artifact", "fp32 margin", "artifact margin", "near-tie"):
+        table.add_column(column)
+    for artifact, runtime, task, d in rows[:WORST_FLIPS]:
+        table.add_row(
+            escape(artifact),
+            escape(runtime),
+            escape(task),
+            f"{d['set']} #{d['index']}",
+            f"{d['fp32_class']} → {d['artifact_class']}",
+            f"{d['fp32_margin']:.4f}",
+            f"{d['artifact_margin']:.4f}",
+            "yes" if d["near_tie"] else "[red]no[/]",
+        )
+    return table
 
 
 def _report_to_github(report) -> None:
@@ -594,7 +636,10 @@ def _demo_export(console, ckpt_path: Path, out: Path) -> tuple[Path, dict]:
     if not verification["passed"]:
         first = verification["failed"][0]
         _fail(f"verification failed: {first['artifact']} {first['runtime']} {first['check']}: {first['detail']}", code=1)
-    console.print(f"verified: all {verification['checks']} checks passed on {verification['samples']} held-out images", highlight=False)
+    console.print(
+        f"verified: all {verification['checks']} checks passed on {verification['samples']} images ({_sets_text(verification['sets'])})",
+        highlight=False,
+    )
     return export_dir, manifest
 
 
@@ -606,7 +651,7 @@ def _print_demo_table(manifests: list[dict], reports: list) -> None:
     from dtconvert.wire import header_size
 
     tasks = list(dict.fromkeys(t["name"] for m in manifests for t in m["tasks"]))
-    samples = manifests[0]["verification"]["samples"]
+    samples = len(manifests[0]["data"]["heldout"])
     table = Table(title=f"{samples} held-out digits: device encoder → int8 wire → one shared cloud decoder")
     for column in ("variant", "path", *tasks, "bytes sent", "device ms", "round trip ms"):
         table.add_column(column, justify="left" if column in ("variant", "path") else "right")

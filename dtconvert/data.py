@@ -27,11 +27,12 @@ DIGIT_LABELS = {
     "digit": [str(d) for d in range(10)],
     "odd": ["even", "odd"],
     "mod3": ["0", "1", "2"],
+    "high": ["0-4", "5-9"],
 }
 
 
 def digits_task_label(task: str, digit: np.ndarray) -> np.ndarray:
-    return {"digit": digit, "odd": digit % 2, "mod3": digit % 3}[task]
+    return {"digit": digit, "odd": digit % 2, "mod3": digit % 3, "high": (digit >= 5).astype(digit.dtype)}[task]
 
 
 def resize_unit_images(images01: torch.Tensor, size: int, mode: str) -> torch.Tensor:

@@ -17,6 +17,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TextIO
 
 from rich.console import Console
@@ -138,3 +139,24 @@ def progress_console() -> Console:
     """A console on a duplicate of the process's stderr, so progress still reaches the user while
     :func:`redirected_fds` sends descriptors 1 and 2 (the converters' chatter) to a log."""
     return console(file=os.fdopen(os.dup(2), "w", buffering=1, closefd=True))
+
+
+@contextlib.contextmanager
+def third_party_log(export_dir: Path, label: str) -> Iterator[Path]:
+    """Send what libraries write to descriptors 1 and 2 (TensorFlow's oneDNN lines, coremltools'
+    proxy warnings, ...) to the export's own ``export.log`` for the duration, under a header; to a
+    temporary log when the export cannot be written to (a read-only CI artifact). Yields the log."""
+    import tempfile
+    from datetime import UTC, datetime
+
+    path = Path(export_dir) / "export.log"
+    try:
+        log = open(path, "a", encoding="utf-8")  # noqa: SIM115  closed below, after the descriptors are restored
+    except OSError:
+        fd, name = tempfile.mkstemp(prefix=f"dtconvert-{label}-", suffix=".log")
+        path, log = Path(name), os.fdopen(fd, "w", encoding="utf-8")
+    with log:
+        log.write(f"\n===== {label} {datetime.now(UTC).isoformat(timespec='seconds')} =====\n")
+        log.flush()
+        with redirected_fds(log):
+            yield path

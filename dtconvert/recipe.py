@@ -17,7 +17,7 @@ from dtconvert.errors import UserError
 from dtconvert.model import ModelConfig
 
 # Class counts of the tasks the bundled digits source can label.
-DIGITS_TASKS = {"digit": 10, "odd": 2, "mod3": 3}
+DIGITS_TASKS = {"digit": 10, "odd": 2, "mod3": 3, "high": 2}
 DATA_SOURCES = ("digits", "imagefolder")
 TUNE_MODES = ("none", "device")
 

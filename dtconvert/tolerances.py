@@ -3,8 +3,14 @@
     wire_max_abs              bound on |artifact wire − fp32 torch wire| (None: not checked)
     min_wire_cosine           floor on the wire tensor's cosine similarity with the fp32 one
     min_wire_sqnr_db          floor on the wire tensor's SQNR against the fp32 one, in dB
-    min_top1_agreement        end-to-end top-1 agreement with the fp32 model, per task
+    min_top1_agreement        end-to-end top-1 agreement with the fp32 model, per task: the bound on
+                              the flip rate (1 − this) that the exact binomial test holds it to
     max_accuracy_drop         held-out accuracy lost against the fp32 model, per task, in points
+                              (fails only when the exact McNemar test also shows the artifact worse)
+    alpha                     significance level of those two tests: the most often an artifact
+                              exactly at the bound is rejected (see dtconvert/gate.py)
+    min_logit_sqnr_db         floor on each task's logit SQNR against the fp32 model, in dB
+    max_softmax_kl            ceiling on each task's mean KL(fp32 softmax ‖ artifact softmax), nats
     max_delegate_partitions   XNNPACK delegate calls (.pte) or partitions (LiteRT), at most
     max_ops_outside_delegate  ops the runtime runs on its own kernels, outside the delegate, at most
 
@@ -29,10 +35,19 @@ KEYS = (
     "min_wire_sqnr_db",
     "min_top1_agreement",
     "max_accuracy_drop",
+    "alpha",
+    "min_logit_sqnr_db",
+    "max_softmax_kl",
     "max_delegate_partitions",
     "max_ops_outside_delegate",
 )
-END_TO_END = {"min_top1_agreement": 0.995, "max_accuracy_drop": 0.5}
+END_TO_END = {"min_top1_agreement": 0.995, "max_accuracy_drop": 0.5, "alpha": 0.01}
+# Logit fidelity per task (every image, so the number does not move by whole images): the floors
+# are set from benchmarks/gate_calibration.py (docs/verify.md), below every healthy export and
+# above every seeded fault. The int8 wire alone (the cloud decoder on the fp32 encoder's wire)
+# costs every precision some of it.
+LOGIT = {"min_logit_sqnr_db": 30.0, "max_softmax_kl": 0.001}
+STATIC_LOGIT = {"min_logit_sqnr_db": None, "max_softmax_kl": None}
 # The default int8 wire must stay within 38 dB of fp32 (error power ≤ 1/6300 of the signal's);
 # the cosine floor catches a broken program (coremltools' wrapped scalars gave −0.03) in words
 # anyone reads. Static int8 is reported against fp32, not held to the SQNR floor: on a model
@@ -48,21 +63,21 @@ NOT_A_WIRE = {"wire_max_abs": None, "min_wire_cosine": None, "min_wire_sqnr_db":
 
 DEFAULT_TOLERANCES: dict[str, dict[str, dict[str, float | None]]] = {
     "executorch": {
-        "fp32": {**FP32_WIRE, **END_TO_END, **WHOLE},
-        "int8": {**INT8_WIRE, **END_TO_END, **WHOLE},
-        "int8-static": {**STATIC_WIRE, **END_TO_END, **WHOLE},
+        "fp32": {**FP32_WIRE, **END_TO_END, **LOGIT, **WHOLE},
+        "int8": {**INT8_WIRE, **END_TO_END, **LOGIT, **WHOLE},
+        "int8-static": {**STATIC_WIRE, **END_TO_END, **STATIC_LOGIT, **WHOLE},
     },
     "tflite": {
-        "fp32": {**FP32_WIRE, **END_TO_END, **WHOLE},
-        "int8": {**INT8_WIRE, **END_TO_END, **WHOLE},
-        "int8-static": {**STATIC_WIRE, **END_TO_END, **SPLIT},
+        "fp32": {**FP32_WIRE, **END_TO_END, **LOGIT, **WHOLE},
+        "int8": {**INT8_WIRE, **END_TO_END, **LOGIT, **WHOLE},
+        "int8-static": {**STATIC_WIRE, **END_TO_END, **STATIC_LOGIT, **SPLIT},
     },
     "coreml": {
-        "fp32": {**FP32_WIRE, **END_TO_END, **UNDELEGATED},
-        "int8": {**INT8_WIRE, **END_TO_END, **UNDELEGATED},
-        "int8-static": {**STATIC_WIRE, **END_TO_END, **UNDELEGATED},
+        "fp32": {**FP32_WIRE, **END_TO_END, **LOGIT, **UNDELEGATED},
+        "int8": {**INT8_WIRE, **END_TO_END, **LOGIT, **UNDELEGATED},
+        "int8-static": {**STATIC_WIRE, **END_TO_END, **STATIC_LOGIT, **UNDELEGATED},
     },
-    "torchscript": {p: {**NOT_A_WIRE, **END_TO_END, **UNDELEGATED} for p in ("fp32", "int8", "int8-static")},
+    "torchscript": {p: {**NOT_A_WIRE, **END_TO_END, **LOGIT, **UNDELEGATED} for p in ("fp32", "int8", "int8-static")},
 }
 
 # Runtimes that may legitimately compute in lower precision than the artifact asks for.
@@ -120,5 +135,7 @@ def load_tolerances(path: Path | None) -> Tolerances:
                     raise UserError(f"{path}: unknown bound {key!r} under {target}.{precision} (known: {', '.join(KEYS)})")
                 if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
                     raise UserError(f"{path}: {target}.{precision}.{key} must be a non-negative number, got {value!r}")
+                if key == "alpha" and (value is None or not 0 < value < 1):
+                    raise UserError(f"{path}: {target}.{precision}.alpha must be a number between 0 and 1, got {value!r}")
                 table[target][precision][key] = value
     return Tolerances(table)

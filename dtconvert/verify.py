@@ -29,9 +29,10 @@ from xml.etree import ElementTree
 
 import numpy as np
 
+from dtconvert import gate
 from dtconvert.errors import UserError, unloadable
 from dtconvert.manifest import describe_file, load_manifest
-from dtconvert.metrics import accuracy, cosine_similarity, max_abs_error, sqnr_db, top1_agreement
+from dtconvert.metrics import cosine_similarity, max_abs_error, sqnr_db
 from dtconvert.tolerances import load_tolerances
 
 
@@ -42,6 +43,7 @@ class Check:
     check: str  # "sha256", "structure", "wire", "top-1 agreement [digit]", ...
     passed: bool
     detail: str  # the measured number next to its bound, or what is wrong
+    numbers: dict | None = None  # the measured numbers behind the decision (n, flips, interval, p-value, ...)
 
 
 @dataclass
@@ -49,6 +51,7 @@ class Report:
     export_dir: str
     samples: int
     data: str
+    sets: dict = field(default_factory=dict)  # evaluation set → images ("held-out", "rest", "folder")
     checks: list[Check] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)  # artifact → runtime → numbers
     structure: dict = field(default_factory=dict)  # artifact → {"delegation": {...}}, measured from the artifact
@@ -58,8 +61,17 @@ class Report:
     def passed(self) -> bool:
         return all(c.passed for c in self.checks)
 
-    def add(self, artifact: str, runtime: str, check: str, passed: bool, detail: str) -> None:
-        self.checks.append(Check(artifact, runtime, check, bool(passed), detail))
+    def add(self, artifact: str, runtime: str, check: str, passed: bool, detail: str, numbers: dict | None = None) -> None:
+        self.checks.append(Check(artifact, runtime, check, bool(passed), detail, numbers))
+
+    def disagreements(self) -> list[tuple[str, str, str, dict]]:
+        """(artifact, runtime, task, disagreement) for every flipped image, worst first per artifact."""
+        rows = []
+        for artifact, per_runtime in self.metrics.items():
+            for runtime, numbers in per_runtime.items():
+                for task, values in numbers["tasks"].items():
+                    rows.extend((artifact, runtime, task, d) for d in values.get("disagreements", []))
+        return rows
 
     def to_json(self) -> dict:
         return {
@@ -67,6 +79,7 @@ class Report:
             "passed": self.passed,
             "samples": self.samples,
             "data": self.data,
+            "sets": self.sets,
             "seconds": round(self.seconds, 2),
             "metrics": self.metrics,
             "structure": self.structure,
@@ -79,7 +92,8 @@ class Report:
             "passed": self.passed,
             "samples": self.samples,
             "data": self.data,
-            "metrics": self.metrics,
+            "sets": self.sets,
+            "metrics": _without_disagreement_lists(self.metrics),
             "structure": self.structure,
             "failed": [asdict(c) for c in self.checks if not c.passed],
             "checks": len(self.checks),
@@ -95,6 +109,10 @@ class Report:
         )
         for c in self.checks:
             case = ElementTree.SubElement(suite, "testcase", classname=c.artifact, name=f"{c.runtime}: {c.check}")
+            if c.numbers:
+                properties = ElementTree.SubElement(case, "properties")
+                for key, value in _flatten(c.numbers):
+                    ElementTree.SubElement(properties, "property", name=key, value=str(value))
             if not c.passed:
                 ElementTree.SubElement(case, "failure", message=c.detail).text = c.detail
             else:
@@ -105,12 +123,117 @@ class Report:
         return ElementTree.tostring(root, encoding="unicode", xml_declaration=True)
 
 
+def _flatten(numbers: dict, prefix: str = ""):
+    """("sets.held-out.p_value", 0.54), ...: a check's numbers as JUnit properties."""
+    for key, value in numbers.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _without_disagreement_lists(metrics: dict) -> dict:
+    """The metrics as the manifest records them: disagreements counted, not listed (--json lists them)."""
+    slim: dict = {}
+    for artifact, per_runtime in metrics.items():
+        for runtime, numbers in per_runtime.items():
+            tasks = {
+                task: {k: v for k, v in values.items() if k != "disagreements"} | {"disagreements": len(values.get("disagreements", []))}
+                for task, values in numbers["tasks"].items()
+            }
+            slim.setdefault(artifact, {})[runtime] = {**numbers, "tasks": tasks}
+    return slim
+
+
 # ---- data ---------------------------------------------------------------------------------
+
+HELDOUT, REST, FOLDER = "held-out", "rest", "folder"
+
+
+@dataclass
+class VerificationData:
+    """Every image verify can reach, concatenated, with the set each came from.
+
+    ``held-out`` is the checkpoint's held-out split (the only unbiased sample of unseen images,
+    and the only one whose labels judge accuracy); ``rest`` is every other image of the data
+    source (training and calibration images: agreement with the fp32 model needs no labels);
+    ``folder`` is ``--data DIR``."""
+
+    images: np.ndarray  # (N, C, H, W) float32, preprocessed as the manifest says
+    labels: np.ndarray | None  # (N, tasks) int64, -1 where unknown; None when nothing is labelled
+    index: np.ndarray  # (N,) the image's index in its source (data set index, or file number)
+    sets: np.ndarray  # (N,) HELDOUT, REST or FOLDER
+    description: str
+
+    def names(self) -> list[str]:
+        return [s for s in (HELDOUT, REST, FOLDER) if np.any(self.sets == s)]
+
+    def counts(self) -> dict[str, int]:
+        return {s: int(np.sum(self.sets == s)) for s in self.names()}
+
+
+def verification_data(manifest: dict, data: Path | None, digits: bool, limit: int | None) -> VerificationData:
+    """Every image of the export's own data source (held-out split and the rest), plus ``data``'s.
+
+    ``limit`` takes the first N of each set."""
+    from dtconvert.data import load_task_data, normalize
+    from dtconvert.recipe import parse_recipe
+
+    pre = manifest["device_input"]["preprocessing"]
+    source = manifest["data"]["source"].get("kind")
+    if digits and source != "digits":
+        raise UserError(f"--digits: this model was trained on {source!r} data, not the bundled digits; pass --data DIR")
+    parts: list[tuple[str, np.ndarray, np.ndarray | None, np.ndarray]] = []  # (set, images, labels, index)
+    described = []
+    recipe = manifest["data"]["recipe"]
+    try:
+        parsed = parse_recipe({k: v for k, v in recipe.items() if k != "name"}, "stored recipe", recipe["name"])
+        task_data = load_task_data(parsed)
+    except UserError as e:
+        if data is None:
+            raise UserError(f"cannot read the held-out data the manifest names ({e}); pass --data DIR") from None
+        task_data = None
+    if task_data is not None:
+        heldout = np.asarray(manifest["data"]["heldout"], dtype=np.int64)
+        if len(heldout) and (heldout.max() >= len(task_data) or heldout.min() < 0):
+            raise UserError(f"manifest.json: data.heldout names image {int(heldout.max())}, but the data source has {len(task_data)}")
+        rest = np.setdiff1d(np.arange(len(task_data)), heldout)
+        for name, rows in ((HELDOUT, heldout), (REST, rest)):
+            rows = rows[:limit] if limit is not None else rows
+            if len(rows):
+                images = normalize(task_data.images01(rows), pre["mean"], pre["std"]).numpy().astype(np.float32)
+                parts.append((name, images, task_data.labels[rows], rows))
+        described.append(f"{source} ({len(task_data)} images)")
+    if data is not None:
+        images = folder_images(data, pre)
+        labels = _folder_labels(data, manifest)
+        rows = np.arange(len(images))
+        if limit is not None:
+            images, rows, labels = images[:limit], rows[:limit], None if labels is None else labels[:limit]
+        parts.append((FOLDER, images, labels, rows))
+        described.append(f"folder {data}")
+    if not parts or sum(len(p[1]) for p in parts) == 0:
+        raise UserError("no images to verify on")
+    n_tasks = len(manifest["tasks"])
+    labels = [p[2] if p[2] is not None else np.full((len(p[1]), n_tasks), -1, dtype=np.int64) for p in parts]
+    return VerificationData(
+        images=np.concatenate([p[1] for p in parts]),
+        labels=np.concatenate(labels) if any(p[2] is not None for p in parts) else None,
+        index=np.concatenate([p[3] for p in parts]),
+        sets=np.concatenate([np.full(len(p[1]), p[0]) for p in parts]),
+        description=" + ".join(described),
+    )
+
+
+def folder_images(root: Path, preprocessing: dict) -> np.ndarray:
+    from dtconvert.quantize import folder_images as load
+
+    return load(root, preprocessing)
 
 
 def heldout_data(manifest: dict, data: Path | None, digits: bool, limit: int | None) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """Preprocessed images, labels of the first task(s) or None, and a description."""
-    from dtconvert.quantize import dataset_images, folder_images
+    """Preprocessed held-out images (or ``data``'s), labels of the first task(s) or None, and a description."""
+    from dtconvert.quantize import dataset_images
 
     pre = manifest["device_input"]["preprocessing"]
     if data is not None:
@@ -212,13 +335,78 @@ def verify_export(
     export_dir = Path(export_dir)
     manifest = load_manifest(export_dir)
     tolerances = load_tolerances(tolerance_file)
-    images, labels, description = heldout_data(manifest, data, digits, limit)
-    report = Report(str(export_dir), len(images), description)
+    evaluation = verification_data(manifest, data, digits, limit)
+    report = Report(str(export_dir), len(evaluation.images), evaluation.description, sets=evaluation.counts())
     precision = manifest["precision"]
     tasks = [t["name"] for t in manifest["tasks"]]
     scale, zero_point = manifest["wire"]["scale"], manifest["wire"]["zero_point"]
 
     # 1. Integrity: every byte is what the manifest says, before anything runs.
+    if not _check_integrity(report, export_dir, manifest):
+        report.seconds = time.perf_counter() - start
+        return report
+
+    by_target = {e["target"]: e for e in manifest["artifacts"]}
+    if "reference" not in by_target or "torchscript" not in by_target:
+        raise UserError(f"{export_dir}: the manifest lists no reference model or cloud decoder to verify against")
+    reference = _load(export_dir / by_target["reference"]["path"], "TorchScript", load_decoder)
+    decoder = _load(export_dir / by_target["torchscript"]["path"], "TorchScript", load_decoder)
+    with torch.no_grad():
+        outputs = reference(torch.from_numpy(evaluation.images))
+    reference_wire = outputs[0].numpy()
+    reference_logits = {t: o.numpy() for t, o in zip(tasks, outputs[1:], strict=True)}
+    _check_preprocessing(report, export_dir, manifest, evaluation, reference_logits, tolerances.get("torchscript", precision))
+
+    def decode(wire_float: np.ndarray) -> dict[str, np.ndarray]:
+        q = torch.from_numpy(quantize_wire(wire_float, scale, zero_point))
+        with torch.no_grad():
+            logits = decoder(q, torch.tensor([scale], dtype=torch.float32), torch.tensor([zero_point], dtype=torch.int32))
+        return {t: o.numpy() for t, o in zip(tasks, logits, strict=True)}
+
+    end_to_end = EndToEnd(report, evaluation, tasks, reference_logits)
+
+    # 2. The cloud decoder alone: the int8 wire of the fp32 encoder, decoded.
+    cloud_name = by_target["torchscript"]["path"]
+    report.metrics[cloud_name] = {
+        "TorchScript": {"tasks": end_to_end.check(cloud_name, "TorchScript", decode(reference_wire), tolerances.get("torchscript", precision))}
+    }
+    log(f"✓ cloud decoder on {len(evaluation.images)} images")
+
+    # 3. Each device artifact: structure, then every runtime this host has.
+    for entry in (e for e in manifest["artifacts"] if e["part"] == "device"):
+        name, target = entry["path"], entry["target"]
+        from dtconvert.mil_reference import UnknownMILOp, UnsupportedMILOp
+
+        try:
+            _check_structure(report, export_dir, entry, tolerances.get(target, precision))
+            runners = device_runners(export_dir, entry)
+        except (UnknownMILOp, UnsupportedMILOp) as e:  # a valid ML program using an op the interpreter lacks: a failed check
+            report.add(name, "-", "load", False, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+            continue
+        except UserError:
+            raise
+        except Exception as e:  # noqa: BLE001  bytes that match the manifest but no runtime can read (it raises anything): a broken export
+            raise unloadable(export_dir / name, target, e) from None
+        for runtime, run, _ in runners:
+            bounds = tolerances.get(target, precision, runtime)
+            try:
+                wire = _run_batched(run, evaluation.images)
+            except Exception as e:  # noqa: BLE001  whatever the runtime raises while running is a reported failed check
+                report.add(name, runtime, "run", False, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+                continue
+            if wire.shape != reference_wire.shape:
+                report.add(name, runtime, "wire", False, f"wire tensor of shape {list(wire.shape)}, the fp32 model's is {list(reference_wire.shape)}")
+                continue
+            wire_numbers = _check_wire(report, name, runtime, wire, reference_wire, bounds)
+            numbers = end_to_end.check(name, runtime, decode(wire), bounds)
+            report.metrics.setdefault(name, {})[runtime] = {"wire": wire_numbers, "tasks": numbers}
+            log(f"✓ {runtime} on {len(evaluation.images)} images")
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _check_integrity(report: Report, export_dir: Path, manifest: dict) -> bool:
+    """Every file's sha256 (and the golden files') against the manifest; False when any differs."""
     intact = True
     for entry in manifest["artifacts"]:
         path = export_dir / entry["path"]
@@ -253,117 +441,196 @@ def verify_export(
                 ok,
                 digest[:16] if ok else f"{path}: missing or its sha256 does not match the manifest",
             )
-    if not intact:
-        report.seconds = time.perf_counter() - start
-        return report
+    return intact
 
-    by_target = {e["target"]: e for e in manifest["artifacts"]}
-    if "reference" not in by_target or "torchscript" not in by_target:
-        raise UserError(f"{export_dir}: the manifest lists no reference model or cloud decoder to verify against")
-    reference = _load(export_dir / by_target["reference"]["path"], "TorchScript", load_decoder)
-    decoder = _load(export_dir / by_target["torchscript"]["path"], "TorchScript", load_decoder)
-    with torch.no_grad():
-        outputs = reference(torch.from_numpy(images))
-    reference_wire = outputs[0].numpy()
-    reference_logits = {t: o.numpy() for t, o in zip(tasks, outputs[1:], strict=True)}
 
-    def decode(wire_float: np.ndarray) -> dict[str, np.ndarray]:
-        q = torch.from_numpy(quantize_wire(wire_float, scale, zero_point))
-        with torch.no_grad():
-            logits = decoder(q, torch.tensor([scale], dtype=torch.float32), torch.tensor([zero_point], dtype=torch.int32))
-        return {t: o.numpy() for t, o in zip(tasks, logits, strict=True)}
+def _check_wire(report: Report, name: str, runtime: str, wire: np.ndarray, reference_wire: np.ndarray, bounds: dict) -> dict:
+    numbers = {
+        "max_abs": max_abs_error(wire, reference_wire),
+        "cosine": cosine_similarity(wire, reference_wire),
+        "sqnr_db": sqnr_db(wire, reference_wire),
+    }
+    bound, floor, sqnr_floor = bounds["wire_max_abs"], bounds["min_wire_cosine"], bounds["min_wire_sqnr_db"]
+    wire_ok = (
+        (bound is None or numbers["max_abs"] <= bound)
+        and (floor is None or numbers["cosine"] >= floor)
+        and (sqnr_floor is None or numbers["sqnr_db"] >= sqnr_floor)
+    )
+    report.add(
+        name,
+        runtime,
+        "wire",
+        wire_ok,
+        f"max abs {numbers['max_abs']:.3g}"
+        + (f" (bound ≤ {bound})" if bound is not None else "")
+        + f", cosine {numbers['cosine']:.5f}"
+        + (f" (bound ≥ {floor})" if floor is not None else "")
+        + f", SQNR {numbers['sqnr_db']:.1f} dB"
+        + (f" (bound ≥ {sqnr_floor} dB)" if sqnr_floor is not None else "")
+        + f", n = {len(wire)}",
+        numbers={**{k: round(v, 6) for k, v in numbers.items()}, "n": len(wire)},
+    )
+    return {**{k: round(v, 6) for k, v in numbers.items()}, "n": len(wire)}
 
-    def end_to_end(artifact: str, runtime: str, logits: dict, bounds: dict) -> dict:
+
+class EndToEnd:
+    """The end-to-end checks of one artifact × runtime against the fp32 model, per task (see
+    :mod:`dtconvert.gate` for how each decides)."""
+
+    def __init__(self, report: Report, evaluation: VerificationData, tasks: list[str], reference_logits: dict) -> None:
+        self.report, self.evaluation, self.tasks, self.reference_logits = report, evaluation, tasks, reference_logits
+
+    def check(self, artifact: str, runtime: str, logits: dict, bounds: dict) -> dict:
         numbers = {}
-        for t, task in enumerate(tasks):
-            agreement = top1_agreement(logits[task], reference_logits[task])
-            numbers[task] = {"top1_agreement": round(agreement, 6)}
-            report.add(
-                artifact,
-                runtime,
-                f"top-1 agreement [{task}]",
-                agreement >= bounds["min_top1_agreement"],
-                f"{agreement:.4f} (bound ≥ {bounds['min_top1_agreement']})",
-            )
-            got_classes, want_classes = len(np.unique(logits[task].argmax(-1))), len(np.unique(reference_logits[task].argmax(-1)))
-            collapsed = got_classes == 1 and want_classes > 1
-            report.add(
-                artifact,
-                runtime,
-                f"no collapse [{task}]",
-                not collapsed,
-                f"{got_classes} distinct predictions (fp32 model: {want_classes})",
-            )
-            if labels is not None and (labels[:, t] >= 0).all():
-                got, want = accuracy(logits[task], labels[:, t]), accuracy(reference_logits[task], labels[:, t])
-                drop = 100.0 * (want - got)
-                numbers[task].update(accuracy=round(got, 6), fp32_accuracy=round(want, 6), accuracy_change_points=round(-drop, 4))
-                report.add(
-                    artifact,
-                    runtime,
-                    f"accuracy drop [{task}]",
-                    drop <= bounds["max_accuracy_drop"],
-                    f"{drop:+.2f} points ({want:.2%} → {got:.2%}; bound ≤ {bounds['max_accuracy_drop']})",
-                )
+        for t, task in enumerate(self.tasks):
+            got, want = logits[task], self.reference_logits[task]
+            if got.shape != want.shape:
+                self.report.add(artifact, runtime, f"logits [{task}]", False, f"shape {list(got.shape)}, the fp32 model's is {list(want.shape)}")
+                numbers[task] = {"logits_shape": list(got.shape)}
+                continue
+            numbers[task] = {
+                **self._agreement(artifact, runtime, task, got, want, bounds),
+                **self._fidelity(artifact, runtime, task, got, want, bounds),
+                **self._collapse(artifact, runtime, task, got, want),
+                **self._accuracy(artifact, runtime, task, t, got, want, bounds),
+            }
         return numbers
 
-    # 2. The cloud decoder alone: the int8 wire of the fp32 encoder, decoded.
-    cloud_name = by_target["torchscript"]["path"]
-    report.metrics[cloud_name] = {
-        "TorchScript": {"tasks": end_to_end(cloud_name, "TorchScript", decode(reference_wire), tolerances.get("torchscript", precision))}
-    }
-    log(f"✓ cloud decoder on {len(images)} images")
+    def _agreement(self, artifact: str, runtime: str, task: str, got: np.ndarray, want: np.ndarray, bounds: dict) -> dict:
+        """Flips against the fp32 model on every set, each tested exactly; the check fails when
+        any set's flip rate is shown to exceed the bound (Šidák-corrected over the sets)."""
+        sets = self.evaluation.names()
+        alpha = bounds["alpha"]
+        per_set_alpha = gate.sidak_alpha(alpha, len(sets))
+        max_rate = 1.0 - bounds["min_top1_agreement"]
+        flipped = got.argmax(-1) != want.argmax(-1)
+        tests = {s: gate.flip_test(int(flipped[self.evaluation.sets == s].sum()), int(np.sum(self.evaluation.sets == s)), max_rate, per_set_alpha) for s in sets}
+        noise = gate.margin_noise(got, want)
+        listed = gate.disagreements(got, want, self.evaluation.index, self.evaluation.sets, noise)
+        near_ties = sum(d["near_tie"] for d in listed)
+        passed = all(test.passed for test in tests.values())
+        detail = "; ".join(
+            f"{s} {test.flips}/{test.n} flips ({1 - test.rate:.2%} agree; {1 - per_set_alpha:.1%} CP [{test.lower:.2%}, {test.upper:.2%}], "
+            f"p = {test.p_value:.3g})"
+            for s, test in tests.items()
+        )
+        detail += f"; {near_ties} of {len(listed)} near-ties; fails when a flip rate > {max_rate:.2%} is shown at α = {alpha}"
+        self.report.add(
+            artifact,
+            runtime,
+            f"top-1 agreement [{task}]",
+            passed,
+            detail,
+            numbers={"sets": {s: test.to_json() for s, test in tests.items()}, "alpha": alpha},
+        )
+        primary = tests.get(HELDOUT) or next(iter(tests.values()))
+        return {
+            "top1_agreement": round(1.0 - primary.rate, 6),
+            "n": primary.n,
+            "agreement": {s: test.to_json() for s, test in tests.items()},
+            "margin_noise": round(noise, 6),
+            "disagreements": listed,
+        }
 
-    # 3. Each device artifact: structure, then every runtime this host has.
-    for entry in (e for e in manifest["artifacts"] if e["part"] == "device"):
-        name, target = entry["path"], entry["target"]
-        from dtconvert.mil_reference import UnknownMILOp, UnsupportedMILOp
+    def _fidelity(self, artifact: str, runtime: str, task: str, got: np.ndarray, want: np.ndarray, bounds: dict) -> dict:
+        """Logit SQNR and the softmax's mean KL divergence on every image: n-robust numbers."""
+        sqnr, kl = gate.logit_sqnr_db(got, want), gate.softmax_kl(got, want)
+        floor, ceiling = bounds["min_logit_sqnr_db"], bounds["max_softmax_kl"]
+        passed = (floor is None or sqnr >= floor) and (ceiling is None or kl <= ceiling)
+        per_set = {
+            s: {"logit_sqnr_db": round(gate.logit_sqnr_db(got[m], want[m]), 3), "softmax_kl": float(f"{gate.softmax_kl(got[m], want[m]):.4g}")}
+            for s in self.evaluation.names()
+            for m in [self.evaluation.sets == s]
+        }
+        self.report.add(
+            artifact,
+            runtime,
+            f"logit fidelity [{task}]",
+            passed,
+            f"logit SQNR {sqnr:.1f} dB" + (f" (bound ≥ {floor} dB)" if floor is not None else "")
+            + f", softmax KL {kl:.2e}" + (f" (bound ≤ {ceiling:g})" if ceiling is not None else "")
+            + f", n = {len(got)}",
+            numbers={"logit_sqnr_db": round(sqnr, 3), "softmax_kl": float(f"{kl:.4g}"), "n": len(got)},
+        )
+        return {"logit_sqnr_db": round(sqnr, 3), "softmax_kl": float(f"{kl:.4g}"), "fidelity_by_set": per_set}
 
-        try:
-            _check_structure(report, export_dir, entry, tolerances.get(target, precision))
-            runners = device_runners(export_dir, entry)
-        except (UnknownMILOp, UnsupportedMILOp) as e:  # a valid ML program using an op the interpreter lacks: a failed check
-            report.add(name, "-", "load", False, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
-            continue
-        except UserError:
-            raise
-        except Exception as e:  # noqa: BLE001  bytes that match the manifest but no runtime can read (it raises anything): a broken export
-            raise unloadable(export_dir / name, target, e) from None
-        for runtime, run, _ in runners:
-            bounds = tolerances.get(target, precision, runtime)
-            try:
-                wire = _run_batched(run, images)
-            except Exception as e:  # noqa: BLE001  whatever the runtime raises while running is a reported failed check
-                report.add(name, runtime, "run", False, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+    def _collapse(self, artifact: str, runtime: str, task: str, got: np.ndarray, want: np.ndarray) -> dict:
+        got_classes, want_classes = len(np.unique(got.argmax(-1))), len(np.unique(want.argmax(-1)))
+        collapsed = got_classes == 1 and want_classes > 1
+        self.report.add(
+            artifact, runtime, f"no collapse [{task}]", not collapsed, f"{got_classes} distinct predictions (fp32 model: {want_classes})"
+        )
+        return {}
+
+    def _accuracy(self, artifact: str, runtime: str, task: str, t: int, got: np.ndarray, want: np.ndarray, bounds: dict) -> dict:
+        """Accuracy change on labelled held-out images (labelled ``--data`` images when there are
+        none), decided by the exact McNemar test."""
+        labels = self.evaluation.labels
+        if labels is None:
+            return {}
+        labelled = labels[:, t] >= 0
+        heldout = labelled & (self.evaluation.sets == HELDOUT)
+        rows = heldout if heldout.any() else labelled & (self.evaluation.sets == FOLDER)
+        if not rows.any():
+            return {}
+        truth = labels[rows, t]
+        fp32_right, artifact_right = want[rows].argmax(-1) == truth, got[rows].argmax(-1) == truth
+        test = gate.mcnemar_test(fp32_right, artifact_right, bounds["max_accuracy_drop"], bounds["alpha"])
+        got_acc, want_acc = float(artifact_right.mean()), float(fp32_right.mean())
+        self.report.add(
+            artifact,
+            runtime,
+            f"accuracy drop [{task}]",
+            test.passed,
+            f"{test.drop_points:+.2f} points ({want_acc:.2%} → {got_acc:.2%}, n = {test.n}: {test.worse} newly wrong, {test.better} newly right; "
+            f"McNemar p = {test.p_value:.3g}); fails when significantly worse at α = {bounds['alpha']} and the drop > {bounds['max_accuracy_drop']}",
+            numbers=test.to_json(),
+        )
+        return {
+            "accuracy": round(got_acc, 6),
+            "fp32_accuracy": round(want_acc, 6),
+            "accuracy_change_points": round(-test.drop_points, 4),
+            "accuracy_n": test.n,
+            "mcnemar": test.to_json(),
+        }
+
+
+def _check_preprocessing(report: Report, export_dir: Path, manifest: dict, evaluation: VerificationData, reference_logits: dict, bounds: dict) -> None:
+    """The manifest's preprocessing is the one the model was trained with: the golden raw images
+    preprocessed as the manifest says reproduce the golden inputs, and the fp32 reference on the
+    held-out split reproduces the held-out accuracy the checkpoint recorded. (Both sides of every
+    other check use the manifest's preprocessing, so a wrong mean or std would pass them all.)"""
+    import torch
+
+    from dtconvert.data import normalize, resize_unit_images
+
+    problems, measured = [], []
+    pre = manifest["device_input"]["preprocessing"]
+    golden = manifest.get("golden") or {}
+    raw_path = export_dir / golden.get("path", "golden") / "image_uint8.npy"
+    if "image_uint8.npy" in golden.get("files", {}) and raw_path.is_file():
+        raw = np.load(raw_path, allow_pickle=False)
+        inputs = np.load(export_dir / golden["path"] / "input.npy", allow_pickle=False)
+        unit = torch.from_numpy(raw.astype(np.float32) / 255.0).reshape(len(raw), -1, *raw.shape[-2:])
+        ours = normalize(resize_unit_images(unit, pre["size"][0], pre["resize"]), pre["mean"], pre["std"]).numpy()
+        error = float(np.abs(ours - inputs).max()) if ours.shape == inputs.shape else float("inf")
+        measured.append(f"golden raw images → manifest preprocessing: max abs {error:.2g} from golden/input.npy (bound ≤ 1e-5)")
+        if not error <= 1e-5:
+            problems.append(measured[-1])
+    recorded = manifest["model"].get("heldout_metrics") or {}
+    heldout = evaluation.sets == HELDOUT
+    if evaluation.labels is not None and heldout.any():
+        for t, task in enumerate(manifest["tasks"]):
+            name = task["name"]
+            if name not in recorded or not (evaluation.labels[heldout, t] >= 0).all() or int(heldout.sum()) != len(manifest["data"]["heldout"]):
                 continue
-            wire_numbers = {
-                "max_abs": max_abs_error(wire, reference_wire),
-                "cosine": cosine_similarity(wire, reference_wire),
-                "sqnr_db": sqnr_db(wire, reference_wire),
-            }
-            bound, floor, sqnr_floor = bounds["wire_max_abs"], bounds["min_wire_cosine"], bounds["min_wire_sqnr_db"]
-            wire_ok = (
-                (bound is None or wire_numbers["max_abs"] <= bound)
-                and (floor is None or wire_numbers["cosine"] >= floor)
-                and (sqnr_floor is None or wire_numbers["sqnr_db"] >= sqnr_floor)
-            )
-            report.add(
-                name,
-                runtime,
-                "wire",
-                wire_ok,
-                f"max abs {wire_numbers['max_abs']:.3g}"
-                + (f" (bound ≤ {bound})" if bound is not None else "")
-                + f", cosine {wire_numbers['cosine']:.5f}"
-                + (f" (bound ≥ {floor})" if floor is not None else "")
-                + f", SQNR {wire_numbers['sqnr_db']:.1f} dB"
-                + (f" (bound ≥ {sqnr_floor} dB)" if sqnr_floor is not None else ""),
-            )
-            numbers = end_to_end(name, runtime, decode(wire), bounds)
-            report.metrics.setdefault(name, {})[runtime] = {"wire": {k: round(v, 6) for k, v in wire_numbers.items()}, "tasks": numbers}
-            log(f"✓ {runtime} on {len(images)} images")
-    report.seconds = time.perf_counter() - start
-    return report
+            got = float(np.mean(reference_logits[name][heldout].argmax(-1) == evaluation.labels[heldout, t]))
+            change = 100.0 * (got - recorded[name])
+            measured.append(f"fp32 held-out accuracy [{name}] {got:.2%} (recorded at training {recorded[name]:.2%})")
+            if abs(change) > bounds["max_accuracy_drop"]:
+                problems.append(f"{measured[-1]}: {change:+.2f} points (bound ± {bounds['max_accuracy_drop']})")
+    if measured:
+        report.add("manifest", "-", "preprocessing", not problems, "; ".join(problems or measured))
 
 
 def _check_structure(report: Report, export_dir: Path, entry: dict, bounds: dict) -> None:
