@@ -220,7 +220,9 @@ def export(
             code=1,
         )
     if verification is not None:
-        typer.echo(f"verified: {verification['checks']} checks passed on {verification['samples']} images ({_sets_text(verification['sets'])})")
+        typer.echo(
+            f"verified: {verification['checks']} checks passed on {verification['samples']} images ({_sets_text(verification['sets'])})"
+        )
 
 
 @app.command("verify")
@@ -253,7 +255,12 @@ def verify_command(
     console = progress_console()
     with third_party_log(export_dir, "verify"):
         report = verify_export(
-            export_dir, data=data, digits=digits, tolerance_file=tolerance, limit=limit, log=lambda line: console.print(line, highlight=False)
+            export_dir,
+            data=data,
+            digits=digits,
+            tolerance_file=tolerance,
+            limit=limit,
+            log=lambda line: console.print(line, highlight=False),
         )
     write_reports(report, json_report, junit)
     _print_verify_table(report)
@@ -577,6 +584,7 @@ def demo(
         exports.append(_demo_export(console, ckpt_path, out / "export" / name))
 
     from dtconvert.client import client_images, run_client
+    from dtconvert.output import third_party_log
     from dtconvert.server import BackgroundServer
 
     console.rule("5. one shared cloud serves both variants on loopback; the reference client sends every held-out digit")
@@ -590,7 +598,8 @@ def demo(
             images, labels, names = client_images(export_dir, manifest, None, None)
             for target in ("executorch", "tflite"):
                 started = time.perf_counter()
-                reports.append((manifest, run_client(export_dir, target, server.url, images, labels, names)))
+                with third_party_log(export_dir, f"demo client {target}"):  # the runtimes' own chatter
+                    reports.append((manifest, run_client(export_dir, target, server.url, images, labels, names)))
                 console.print(
                     f"✓ {manifest['model']['name']} via {reports[-1][1].runtime}: {len(images)} requests "
                     f"({time.perf_counter() - started:.1f} s)",

@@ -151,7 +151,7 @@ def third_party_log(export_dir: Path, label: str) -> Iterator[Path]:
 
     path = Path(export_dir) / "export.log"
     try:
-        log = open(path, "a", encoding="utf-8")  # noqa: SIM115  closed below, after the descriptors are restored
+        log = open(path, "a", encoding="utf-8")  # closed by the with below, after the descriptors are restored
     except OSError:
         fd, name = tempfile.mkstemp(prefix=f"dtconvert-{label}-", suffix=".log")
         path, log = Path(name), os.fdopen(fd, "w", encoding="utf-8")

@@ -66,7 +66,7 @@ class Report:
 
     def disagreements(self) -> list[tuple[str, str, str, dict]]:
         """(artifact, runtime, task, disagreement) for every flipped image, worst first per artifact."""
-        rows = []
+        rows: list[tuple[str, str, str, dict]] = []
         for artifact, per_runtime in self.metrics.items():
             for runtime, numbers in per_runtime.items():
                 for task, values in numbers["tasks"].items():
@@ -215,10 +215,10 @@ def verification_data(manifest: dict, data: Path | None, digits: bool, limit: in
     if not parts or sum(len(p[1]) for p in parts) == 0:
         raise UserError("no images to verify on")
     n_tasks = len(manifest["tasks"])
-    labels = [p[2] if p[2] is not None else np.full((len(p[1]), n_tasks), -1, dtype=np.int64) for p in parts]
+    label_parts = [p[2] if p[2] is not None else np.full((len(p[1]), n_tasks), -1, dtype=np.int64) for p in parts]
     return VerificationData(
         images=np.concatenate([p[1] for p in parts]),
-        labels=np.concatenate(labels) if any(p[2] is not None for p in parts) else None,
+        labels=np.concatenate(label_parts) if any(p[2] is not None for p in parts) else None,
         index=np.concatenate([p[3] for p in parts]),
         sets=np.concatenate([np.full(len(p[1]), p[0]) for p in parts]),
         description=" + ".join(described),
@@ -368,7 +368,9 @@ def verify_export(
     # 2. The cloud decoder alone: the int8 wire of the fp32 encoder, decoded.
     cloud_name = by_target["torchscript"]["path"]
     report.metrics[cloud_name] = {
-        "TorchScript": {"tasks": end_to_end.check(cloud_name, "TorchScript", decode(reference_wire), tolerances.get("torchscript", precision))}
+        "TorchScript": {
+            "tasks": end_to_end.check(cloud_name, "TorchScript", decode(reference_wire), tolerances.get("torchscript", precision))
+        }
     }
     log(f"✓ cloud decoder on {len(evaluation.images)} images")
 
@@ -395,7 +397,13 @@ def verify_export(
                 report.add(name, runtime, "run", False, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
                 continue
             if wire.shape != reference_wire.shape:
-                report.add(name, runtime, "wire", False, f"wire tensor of shape {list(wire.shape)}, the fp32 model's is {list(reference_wire.shape)}")
+                report.add(
+                    name,
+                    runtime,
+                    "wire",
+                    False,
+                    f"wire tensor of shape {list(wire.shape)}, the fp32 model's is {list(reference_wire.shape)}",
+                )
                 continue
             wire_numbers = _check_wire(report, name, runtime, wire, reference_wire, bounds)
             numbers = end_to_end.check(name, runtime, decode(wire), bounds)
@@ -485,7 +493,9 @@ class EndToEnd:
         for t, task in enumerate(self.tasks):
             got, want = logits[task], self.reference_logits[task]
             if got.shape != want.shape:
-                self.report.add(artifact, runtime, f"logits [{task}]", False, f"shape {list(got.shape)}, the fp32 model's is {list(want.shape)}")
+                self.report.add(
+                    artifact, runtime, f"logits [{task}]", False, f"shape {list(got.shape)}, the fp32 model's is {list(want.shape)}"
+                )
                 numbers[task] = {"logits_shape": list(got.shape)}
                 continue
             numbers[task] = {
@@ -504,7 +514,12 @@ class EndToEnd:
         per_set_alpha = gate.sidak_alpha(alpha, len(sets))
         max_rate = 1.0 - bounds["min_top1_agreement"]
         flipped = got.argmax(-1) != want.argmax(-1)
-        tests = {s: gate.flip_test(int(flipped[self.evaluation.sets == s].sum()), int(np.sum(self.evaluation.sets == s)), max_rate, per_set_alpha) for s in sets}
+        tests = {
+            s: gate.flip_test(
+                int(flipped[self.evaluation.sets == s].sum()), int(np.sum(self.evaluation.sets == s)), max_rate, per_set_alpha
+            )
+            for s in sets
+        }
         noise = gate.margin_noise(got, want)
         listed = gate.disagreements(got, want, self.evaluation.index, self.evaluation.sets, noise)
         near_ties = sum(d["near_tie"] for d in listed)
@@ -538,7 +553,10 @@ class EndToEnd:
         floor, ceiling = bounds["min_logit_sqnr_db"], bounds["max_softmax_kl"]
         passed = (floor is None or sqnr >= floor) and (ceiling is None or kl <= ceiling)
         per_set = {
-            s: {"logit_sqnr_db": round(gate.logit_sqnr_db(got[m], want[m]), 3), "softmax_kl": float(f"{gate.softmax_kl(got[m], want[m]):.4g}")}
+            s: {
+                "logit_sqnr_db": round(gate.logit_sqnr_db(got[m], want[m]), 3),
+                "softmax_kl": float(f"{gate.softmax_kl(got[m], want[m]):.4g}"),
+            }
             for s in self.evaluation.names()
             for m in [self.evaluation.sets == s]
         }
@@ -547,8 +565,10 @@ class EndToEnd:
             runtime,
             f"logit fidelity [{task}]",
             passed,
-            f"logit SQNR {sqnr:.1f} dB" + (f" (bound ≥ {floor} dB)" if floor is not None else "")
-            + f", softmax KL {kl:.2e}" + (f" (bound ≤ {ceiling:g})" if ceiling is not None else "")
+            f"logit SQNR {sqnr:.1f} dB"
+            + (f" (bound ≥ {floor} dB)" if floor is not None else "")
+            + f", softmax KL {kl:.2e}"
+            + (f" (bound ≤ {ceiling:g})" if ceiling is not None else "")
             + f", n = {len(got)}",
             numbers={"logit_sqnr_db": round(sqnr, 3), "softmax_kl": float(f"{kl:.4g}"), "n": len(got)},
         )
@@ -582,8 +602,9 @@ class EndToEnd:
             runtime,
             f"accuracy drop [{task}]",
             test.passed,
-            f"{test.drop_points:+.2f} points ({want_acc:.2%} → {got_acc:.2%}, n = {test.n}: {test.worse} newly wrong, {test.better} newly right; "
-            f"McNemar p = {test.p_value:.3g}); fails when significantly worse at α = {bounds['alpha']} and the drop > {bounds['max_accuracy_drop']}",
+            f"{test.drop_points:+.2f} points ({want_acc:.2%} → {got_acc:.2%}, n = {test.n}: "
+            f"{test.worse} newly wrong, {test.better} newly right; McNemar p = {test.p_value:.3g}); "
+            f"fails when significantly worse at α = {bounds['alpha']} and the drop > {bounds['max_accuracy_drop']}",
             numbers=test.to_json(),
         )
         return {
@@ -595,7 +616,9 @@ class EndToEnd:
         }
 
 
-def _check_preprocessing(report: Report, export_dir: Path, manifest: dict, evaluation: VerificationData, reference_logits: dict, bounds: dict) -> None:
+def _check_preprocessing(
+    report: Report, export_dir: Path, manifest: dict, evaluation: VerificationData, reference_logits: dict, bounds: dict
+) -> None:
     """The manifest's preprocessing is the one the model was trained with: the golden raw images
     preprocessed as the manifest says reproduce the golden inputs, and the fp32 reference on the
     held-out split reproduces the held-out accuracy the checkpoint recorded. (Both sides of every
@@ -622,7 +645,11 @@ def _check_preprocessing(report: Report, export_dir: Path, manifest: dict, evalu
     if evaluation.labels is not None and heldout.any():
         for t, task in enumerate(manifest["tasks"]):
             name = task["name"]
-            if name not in recorded or not (evaluation.labels[heldout, t] >= 0).all() or int(heldout.sum()) != len(manifest["data"]["heldout"]):
+            if (
+                name not in recorded
+                or not (evaluation.labels[heldout, t] >= 0).all()
+                or int(heldout.sum()) != len(manifest["data"]["heldout"])
+            ):
                 continue
             got = float(np.mean(reference_logits[name][heldout].argmax(-1) == evaluation.labels[heldout, t]))
             change = 100.0 * (got - recorded[name])

@@ -1,6 +1,7 @@
 """Assertions shared by the per-target tests, with the bounds from dtconvert.tolerances."""
 
-from dtconvert.metrics import accuracy, max_abs_error, top1_agreement
+from dtconvert import gate
+from dtconvert.metrics import max_abs_error
 from dtconvert.tolerances import tolerance
 
 
@@ -11,10 +12,17 @@ def assert_wire_close(target: str, precision: str, got, want) -> None:
 
 
 def assert_end_to_end(target: str, precision: str, logits: dict, reference) -> None:
+    """The gate's own decisions (dtconvert.gate) on the held-out images: the exact flip test and
+    the exact McNemar test, at the bounds and α of the tolerance table."""
     bounds = tolerance(target, precision)
     for t, task in enumerate(reference.ckpt["tasks"]):
         name = task["name"]
-        agreement = top1_agreement(logits[name], reference.logits[name])
-        drop = 100 * (accuracy(reference.logits[name], reference.labels[:, t]) - accuracy(logits[name], reference.labels[:, t]))
-        assert agreement >= bounds["min_top1_agreement"], f"{target} {precision} {name}: top-1 agreement {agreement:.4f}"
-        assert drop <= bounds["max_accuracy_drop"], f"{target} {precision} {name}: accuracy drop {drop:.2f} points"
+        got, want = logits[name], reference.logits[name]
+        flips = int((got.argmax(-1) != want.argmax(-1)).sum())
+        flip_test = gate.flip_test(flips, len(want), 1 - bounds["min_top1_agreement"], bounds["alpha"])
+        assert flip_test.passed, f"{target} {precision} {name}: {flips} of {len(want)} flipped, p = {flip_test.p_value:.3g}"
+        truth = reference.labels[:, t]
+        mcnemar = gate.mcnemar_test(want.argmax(-1) == truth, got.argmax(-1) == truth, bounds["max_accuracy_drop"], bounds["alpha"])
+        assert mcnemar.passed, f"{target} {precision} {name}: accuracy {mcnemar.drop_points:+.2f} points worse, p = {mcnemar.p_value:.3g}"
+        sqnr = gate.logit_sqnr_db(got, want)
+        assert sqnr >= bounds["min_logit_sqnr_db"], f"{target} {precision} {name}: logit SQNR {sqnr:.1f} dB"
