@@ -8,9 +8,10 @@ every target (ExecuTorch, Core ML, TFLite), verified by the export itself:
   digits        the bundled recipe, as shipped (60 epochs)
   digits-tune   device-tuned from that seed's digits, as shipped (40 epochs)
   wide3         three tasks (digit, odd, high), 12×12 input, width 32 with 4 heads, one pooling
-                stage before layer 1, an 8-wide bottleneck, 15 epochs
-  deep-nobn     tasks digit and mod3, 20×20 input in 4×4 patches, width 24 with 3 heads, three
-                layers pooling before layers 0 and 2, no bottleneck, 15 epochs
+                stage before layer 1, an 8-wide bottleneck, 15 epochs: deliberately unconfident
+                (about 50 % digit accuracy), so its margins are small and int8 flips the most
+  deep-nobn     tasks digit and mod3, 24×24 input in 4×4 patches, width 24 with 3 heads, three
+                layers pooling before layers 0 and 2, no bottleneck, 30 epochs
 
 **Detection.** Seeds faults into seed 0 of digits-tune and of wide3: into the model before
 lowering, through the same export pipeline, with the device artifacts (or the cloud decoder) of
@@ -46,9 +47,9 @@ SHAPES = {
         "epochs": 15, "warmup_epochs": 1,
     },
     "deep-nobn": {
-        "tasks": ["digit", "mod3"], "image_size": 20, "patch_size": 4, "device_dim": 24, "device_depth": 3,
+        "tasks": ["digit", "mod3"], "image_size": 24, "patch_size": 4, "device_dim": 24, "device_depth": 3,
         "device_heads": 3, "pool_at": [0, 2], "bottleneck": 0, "cloud_dim": 24, "cloud_depth": 1, "cloud_heads": 3,
-        "epochs": 15, "warmup_epochs": 1,
+        "epochs": 30, "warmup_epochs": 1,
     },
 }
 MODELS = ("digits", "digits-tune", "wide3", "deep-nobn")

@@ -52,3 +52,27 @@ def test_twin_ruff_fails_on_bad_code(bad_module):
 def test_twin_mypy_fails_on_bad_code(bad_module, tmp_path):
     done = tool("mypy", "--config-file", CONFIG, "--cache-dir", str(tmp_path / "cache"), str(bad_module))
     assert done.returncode == 1 and 'Incompatible return value type (got "int", expected "str")' in done.stdout, done.stdout
+
+
+# The workflows users copy into their own CI, audited by zizmor (offline: no GitHub API calls).
+WORKFLOWS = REPO / ".github" / "workflows"
+
+
+def test_zizmor_finds_nothing_in_the_shipped_workflows():
+    done = tool("zizmor", "--offline", str(WORKFLOWS))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "No findings to report" in done.stdout + done.stderr
+
+
+def test_twin_zizmor_flags_an_unpinned_action_default_permissions_and_persisted_credentials(tmp_path):
+    workflow = tmp_path / ".github" / "workflows" / "bad.yml"
+    workflow.parent.mkdir(parents=True)
+    workflow.write_text(
+        "name: bad\non: push\njobs:\n  build:\n    runs-on: ubuntu-24.04\n    steps:\n"
+        "      - uses: actions/checkout@v4\n      - uses: actions/upload-artifact@v4\n        with:\n          name: x\n          path: .\n"
+    )
+    done = tool("zizmor", "--offline", str(workflow.parent))
+    out = done.stdout + done.stderr
+    assert done.returncode != 0
+    for finding in ("unpinned-uses", "excessive-permissions", "artipacked"):
+        assert finding in out, out
