@@ -1,4 +1,5 @@
 import os
+import pickle
 
 import pytest
 import torch
@@ -91,7 +92,8 @@ def test_save_is_atomic(tmp_path, quick_ckpt):
     class Unsaveable:
         pass
 
-    with pytest.raises(Exception):
+    # torch.save fails half-way through pickling the local class: the one failure this test is about.
+    with pytest.raises((AttributeError, pickle.PicklingError), match="Can't pickle"):
         save_checkpoint(target, {"bad": Unsaveable(), "fn": lambda: 0})
     assert target.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]

@@ -70,11 +70,18 @@ def test_paper_scale_recipes_have_the_papers_parameter_counts(name, target):
     assert abs(total / target - 1) <= 0.05, total
 
 
-def test_twin_parameter_count_check_can_fail():
+def test_twin_parameter_count_check_can_fail(tmp_path):
+    """The same recipe one layer deeper on each side no longer has the paper's 2.2 M parameters."""
+    import yaml
+
     from dtconvert.describe import describe
 
-    total = describe(RECIPES / "dt-2m.yaml")["parameters"]["total"]
-    assert abs(total / 15.6e6 - 1) > 0.05
+    raw = yaml.safe_load((RECIPES / "dt-2m.yaml").read_text())
+    raw["device_depth"] += 1
+    raw["cloud_depth"] += 1
+    (tmp_path / "dt-2m.yaml").write_text(yaml.safe_dump(raw))
+    total = describe(tmp_path / "dt-2m.yaml")["parameters"]["total"]
+    assert abs(total / 2.2e6 - 1) > 0.05, total
 
 
 def test_dt2m_wire_is_at_most_a_sixteenth_of_unpooled_fp32_tokens():

@@ -64,11 +64,13 @@ def test_a_full_queue_answers_503_with_retry_after_at_once(int8_export):
 
 
 def test_twin_the_default_queue_takes_the_same_burst(int8_export):
+    """The same 24 requests, the same batch and window, with the default queue (8 × 16 = 128 images)."""
     model = Model(int8_export)
-    with running_server(int8_export, "--max-batch", "8", "--max-wait-ms", "200") as server:  # queue 8 × 8 = 64 images
-        with ThreadPoolExecutor(max_workers=12) as pool:
-            answers = list(pool.map(lambda i: _timed_post(server.url, model.message(model.wire_int8[i : i + 1])), range(12)))
-    assert [a[0] for a in answers] == [200] * 12
+    with running_server(int8_export, "--max-batch", "16", "--max-wait-ms", "1500") as server:
+        with ThreadPoolExecutor(max_workers=24) as pool:
+            futures = [pool.submit(_timed_post, server.url, model.message(model.wire_int8[i % 8 : i % 8 + 1])) for i in range(24)]
+            answers = [f.result() for f in futures]
+    assert [a[0] for a in answers] == [200] * 24
 
 
 def test_a_refused_client_that_comes_straight_back_waits_retry_after_anyway(int8_export):
@@ -444,6 +446,12 @@ def test_every_reader_refuses_a_hostile_export_in_one_line(int8_export, tmp_path
 
 
 def test_twin_every_reader_takes_the_intact_export(int8_export, tmp_path):
-    """The same copy, undoctored, passes the path rules of every reader (verify runs it to the end)."""
+    """The same copy, undoctored, is taken by every reader of the test above, each run to the end."""
     copy = Path(shutil.copytree(int8_export, tmp_path / "export"))
-    assert run_cli("verify", str(copy), "--limit", "4").returncode == 0
+    done = run_cli("verify", str(copy), "--limit", "4")
+    assert done.returncode == 0, done.stderr
+    done = run_cli("bench", str(copy), "--runs", "1", "--warmup", "0", "--no-memory")
+    assert done.returncode == 0, done.stderr
+    with running_server(copy) as server:  # serve: loads the decoder and answers
+        done = run_cli("client", str(copy), "--url", server.url, "--digits", "1")
+        assert done.returncode == 0, done.stderr

@@ -187,6 +187,23 @@ def test_bad_input_exits_2(int8_export, tmp_path, setup, message):
     assert "Traceback" not in result.output
 
 
+def test_wire_quantization_rounds_half_to_even_and_clamps_by_hand():
+    from dtconvert.quantize import quantize_wire
+
+    # scale 0.5, zero point −2: x/scale = 0.5 → 0 (half to even), 1.5 → 2, 2.5 → 2, then + zp; ±100 clamp.
+    x = np.array([0.25, 0.75, 1.25, -0.75, 100.0, -100.0, 63.0], dtype=np.float32)
+    assert quantize_wire(x, 0.5, -2).tolist() == [-2, 0, 0, -4, 127, -128, 124]
+
+
+def test_twin_the_golden_wire_check_fails_on_an_off_by_one_byte(int8_export, tmp_path):
+    manifest = manifest_of(int8_export)
+    wire = np.load(int8_export / "golden" / "wire_fp32.npy").astype(np.float64)
+    q = np.load(int8_export / "golden" / "wire_int8.npy").astype(np.int64)
+    scale, zero_point = manifest["wire"]["scale"], manifest["wire"]["zero_point"]
+    shifted = np.clip(q + 1, -128, 127)  # what a ceil instead of round would write, roughly
+    assert not np.all(np.abs((shifted - zero_point) * scale - wire) <= scale / 2 + 1e-6)
+
+
 def test_bad_tolerance_file_exits_2(int8_export, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("tflite:\n  int8:\n    min_agreement: 0.9\n")
@@ -197,13 +214,20 @@ def test_bad_tolerance_file_exits_2(int8_export, tmp_path):
 def test_golden_files_match_the_artifacts(int8_export):
     import torch
 
-    from dtconvert.quantize import quantize_wire
     from tests.conftest import artifact
 
     golden = int8_export / "golden"
     manifest = manifest_of(int8_export)
-    wire = np.load(golden / "wire_fp32.npy")
-    assert np.array_equal(np.load(golden / "wire_int8.npy"), quantize_wire(wire, manifest["wire"]["scale"], manifest["wire"]["zero_point"]))
+    wire = np.load(golden / "wire_fp32.npy").astype(np.float64)
+    q = np.load(golden / "wire_int8.npy")
+    scale, zero_point = manifest["wire"]["scale"], manifest["wire"]["zero_point"]
+    # The formula the manifest states, checked by its own definition, not by the code that wrote it:
+    # inside the int8 range each byte dequantizes to within half a step of the float; outside it clamps.
+    assert q.dtype == np.int8 and q.shape == wire.shape
+    exact = wire / scale + zero_point
+    inside = (exact > -128.5) & (exact < 127.5)
+    assert np.all(np.abs((q[inside].astype(np.float64) - zero_point) * scale - wire[inside]) <= scale / 2 + 1e-6)
+    assert np.all(q[exact <= -128.5] == -128) and np.all(q[exact >= 127.5] == 127)
     images = np.load(golden / "input.npy")
     assert images.shape == (8, 1, 16, 16) and np.load(golden / "image_uint8.npy").shape == (8, 8, 8)
     # The preprocessing an app must implement turns the raw images into the golden input exactly.
