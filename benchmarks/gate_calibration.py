@@ -204,8 +204,9 @@ def fault(work: Path, base: str, fault_name: str) -> dict:
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     else:
         faulty_dir = work / "faults" / f"{base}-{fault_name}.lowered"
-        with mock.patch("dtconvert.export.build_model", faulty_model_builder(fault_name)):
-            run_export(folder / "ckpt.pt", ["executorch", "coreml", "tflite"], out=faulty_dir, verify=False)
+        if not (faulty_dir / "manifest.json").is_file():  # lowered once; kept for --reverify
+            with mock.patch("dtconvert.export.build_model", faulty_model_builder(fault_name)):
+                run_export(folder / "ckpt.pt", ["executorch", "coreml", "tflite"], out=faulty_dir, verify=False)
         parts = ("cloud",) if fault_name.startswith("head") else ("device",)
         graft(folder / "export", faulty_dir, out, parts)
     with quiet_native():
@@ -234,7 +235,39 @@ def effect(report) -> dict:
                 "min_agreement": agreement,
                 "min_logit_sqnr_db": min((v["logit_sqnr_db"] for v in tasks), default=None),
                 "wire_sqnr_db": numbers.get("wire", {}).get("sqnr_db"),
+                "wire_cosine": numbers.get("wire", {}).get("cosine"),
+                "max_heldout_flips": max((v["agreement"]["held-out"]["flips"] for v in tasks if "held-out" in v["agreement"]), default=0),
+                "max_drop_points": max((-v["accuracy_change_points"] for v in tasks if "accuracy_change_points" in v), default=0.0),
             }
+    collapsed = any(c.check.startswith("no collapse") and not c.passed for c in report.checks)
+    return {"runtimes": rows, "collapsed": collapsed}
+
+
+def old_rule_rejects(per_runtime: list[dict], collapsed: bool) -> bool:
+    """The gate before this change, on the same numbers: raw top-1 agreement on the 360 held-out
+    images ≥ 99.5 % (so 2 flips fail), raw accuracy drop ≤ 0.5 points, wire cosine ≥ 0.99 and
+    SQNR ≥ 38 dB, no collapse; nothing about preprocessing or logits."""
+    return collapsed or any(
+        r["max_heldout_flips"] >= 2
+        or r["max_drop_points"] > 0.5
+        or (r["wire_sqnr_db"] is not None and (r["wire_sqnr_db"] < 38.0 or r["wire_cosine"] < 0.99))
+        for r in per_runtime
+    )
+
+
+def healthy_effect(result: dict) -> list[dict]:
+    rows = []
+    for per_runtime in result["verification"]["metrics"].values():
+        for numbers in per_runtime.values():
+            tasks = list(numbers["tasks"].values())
+            rows.append(
+                {
+                    "wire_sqnr_db": numbers.get("wire", {}).get("sqnr_db"),
+                    "wire_cosine": numbers.get("wire", {}).get("cosine"),
+                    "max_heldout_flips": max(v["agreement"]["held-out"]["flips"] for v in tasks),
+                    "max_drop_points": max(-v["accuracy_change_points"] for v in tasks),
+                }
+            )
     return rows
 
 
@@ -318,6 +351,12 @@ def report(healthy_results: list[dict], fault_results: list[dict]) -> str:
         f"{len(healthy_results)} exports ({counts}), "
         f"{sum(r['verification']['checks'] for r in healthy_results)} checks: **{len(rejected)} rejected**."
     )
+    old = [r for r in healthy_results if old_rule_rejects(healthy_effect(r), False)]
+    names = ", ".join(f"{r['model']} seed {r['seed']}" for r in old) or "none"
+    lines.append(
+        f"The gate before this change (raw 360-image agreement ≥ 99.5 %, raw drop ≤ 0.5 points, wire ≥ 38 dB) on the same "
+        f"exports: **{len(old)} rejected** ({names})."
+    )
     for r in rejected:
         lines.append(f"- REJECTED {r['model']} seed {r['seed']}: " + "; ".join(f"{c['artifact']} {c['runtime']} {c['check']}: {c['detail']}" for c in r["verification"]["failed"]))
     lines += ["", "Distribution over every device artifact × runtime × task (min / 5 % / median / 95 % / max):", ""]
@@ -335,7 +374,7 @@ def report(healthy_results: list[dict], fault_results: list[dict]) -> str:
         lines.append(f"\nMost flips seen: {r['model']} seed {r['seed']} {r['runtime']} [{r['task']}]: {r['heldout_flips']} of 360 held-out (p = {r['heldout_p']}), {r['rest_flips']} of 1437 rest.")
     lines += ["", "## Seeded faults", "", "| base | fault | rejected | caught by | lowest agreement | lowest logit SQNR dB | wire SQNR dB |", "|---|---|---|---|---|---|---|"]
     for f in fault_results:
-        e = [v for v in f["effect"].values()]
+        e = list(f["effect"]["runtimes"].values())
         agreement = min((v["min_agreement"] for v in e if v["min_agreement"] is not None), default=None)
         logit = min((v["min_logit_sqnr_db"] for v in e if v["min_logit_sqnr_db"] is not None), default=None)
         wires = [v["wire_sqnr_db"] for v in e if v["wire_sqnr_db"] is not None]
@@ -346,6 +385,12 @@ def report(healthy_results: list[dict], fault_results: list[dict]) -> str:
         )
     caught = sum(f["rejected"] for f in fault_results)
     lines.append(f"\n**{caught} of {len(fault_results)} faulty exports rejected.**")
+    missed = [f for f in fault_results if not old_rule_rejects(list(f["effect"]["runtimes"].values()), f["effect"]["collapsed"])]
+    lines.append(
+        f"The gate before this change would have rejected {len(fault_results) - len(missed)} of {len(fault_results)}; it let through: "
+        + ("; ".join(f"{f['base']} {f['fault']}" for f in missed) or "none")
+        + "."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -356,6 +401,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--reverify", action="store_true", help="Verify every kept export again (after a change to the gate).")
+    parser.add_argument("--refault", action="store_true", help="Verify every kept faulty export again.")
     parser.add_argument("--one", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     work = args.work
@@ -367,10 +413,11 @@ def main() -> None:
     started = time.perf_counter()
     seeds = range(args.seeds)
     with ThreadPoolExecutor(args.jobs) as pool:
+        if args.reverify or args.refault:
+            for stale in (work / "results").glob("fault-*.json"):
+                stale.unlink()
         if args.reverify:
             for stale in (work / "results").glob("reverify-*.json"):
-                stale.unlink()
-            for stale in (work / "results").glob("fault-*.json"):
                 stale.unlink()
             list(pool.map(lambda job: in_subprocess(work, "reverify", *job), [(m, str(s)) for m in MODELS for s in seeds]))
         # digits-tune starts from the same seed's digits: digits first.

@@ -42,17 +42,20 @@ KEYS = (
     "max_ops_outside_delegate",
 )
 END_TO_END = {"min_top1_agreement": 0.995, "max_accuracy_drop": 0.5, "alpha": 0.01}
-# Logit fidelity per task (every image, so the number does not move by whole images): the floors
-# are set from benchmarks/gate_calibration.py (docs/verify.md), below every healthy export and
-# above every seeded fault. The int8 wire alone (the cloud decoder on the fp32 encoder's wire)
-# costs every precision some of it.
-LOGIT = {"min_logit_sqnr_db": 30.0, "max_softmax_kl": 0.001}
+# Logit fidelity per task, on every image (so the number does not move by whole images): healthy
+# exports measured 42.0–54.4 dB and KL ≤ 2.9e-5 nats (benchmarks/gate_calibration.py); a cloud
+# decoder with a constant or swapped head, whose wire is perfect, −4.7 to −1.4 dB. The int8 wire
+# alone (the cloud decoder on the fp32 encoder's wire) costs every precision some of it.
+LOGIT = {"min_logit_sqnr_db": 35.0, "max_softmax_kl": 0.001}
 STATIC_LOGIT = {"min_logit_sqnr_db": None, "max_softmax_kl": None}
-# The default int8 wire must stay within 38 dB of fp32 (error power ≤ 1/6300 of the signal's);
-# the cosine floor catches a broken program (coremltools' wrapped scalars gave −0.03) in words
-# anyone reads. Static int8 is reported against fp32, not held to the SQNR floor: on a model
-# less confident than digits it measured 29–32 dB, which is why it is no longer the default.
-INT8_WIRE = {"wire_max_abs": None, "min_wire_cosine": 0.99, "min_wire_sqnr_db": 38.0}
+# The default int8 wire must stay within 44 dB of fp32 (error power ≤ 1/25,000 of the signal's).
+# Measured by benchmarks/gate_calibration.py (docs/verify.md): 40 healthy exports of four models,
+# every runtime, 47.5–56.4 dB; 10 % relative noise on one device layer's weights of digits-tune,
+# 40.9–41.4 dB, passed the 38 dB floor this replaced. The cosine floor catches a broken program
+# (coremltools' wrapped scalars gave −0.03) in words anyone reads. Static int8 is reported against
+# fp32, not held to the SQNR floor: on a model less confident than digits it measured 29–32 dB,
+# which is why it is not the default.
+INT8_WIRE = {"wire_max_abs": None, "min_wire_cosine": 0.99, "min_wire_sqnr_db": 44.0}
 STATIC_WIRE = {"wire_max_abs": None, "min_wire_cosine": 0.99, "min_wire_sqnr_db": None}
 FP32_WIRE = {"wire_max_abs": 1e-4, "min_wire_cosine": None, "min_wire_sqnr_db": None}
 WHOLE = {"max_delegate_partitions": 1, "max_ops_outside_delegate": 0}  # one delegate call, nothing outside
