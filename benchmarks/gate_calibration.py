@@ -42,14 +42,34 @@ RECIPES = ROOT / "recipes"
 
 SHAPES = {
     "wide3": {
-        "tasks": ["digit", "odd", "high"], "image_size": 12, "patch_size": 2, "device_dim": 32, "device_depth": 2,
-        "device_heads": 4, "pool_at": [1], "bottleneck": 8, "cloud_dim": 32, "cloud_depth": 1, "cloud_heads": 4,
-        "epochs": 15, "warmup_epochs": 1,
+        "tasks": ["digit", "odd", "high"],
+        "image_size": 12,
+        "patch_size": 2,
+        "device_dim": 32,
+        "device_depth": 2,
+        "device_heads": 4,
+        "pool_at": [1],
+        "bottleneck": 8,
+        "cloud_dim": 32,
+        "cloud_depth": 1,
+        "cloud_heads": 4,
+        "epochs": 15,
+        "warmup_epochs": 1,
     },
     "deep-nobn": {
-        "tasks": ["digit", "mod3"], "image_size": 24, "patch_size": 4, "device_dim": 24, "device_depth": 3,
-        "device_heads": 3, "pool_at": [0, 2], "bottleneck": 0, "cloud_dim": 24, "cloud_depth": 1, "cloud_heads": 3,
-        "epochs": 30, "warmup_epochs": 1,
+        "tasks": ["digit", "mod3"],
+        "image_size": 24,
+        "patch_size": 4,
+        "device_dim": 24,
+        "device_depth": 3,
+        "device_heads": 3,
+        "pool_at": [0, 2],
+        "bottleneck": 0,
+        "cloud_dim": 24,
+        "cloud_depth": 1,
+        "cloud_heads": 3,
+        "epochs": 30,
+        "warmup_epochs": 1,
     },
 }
 MODELS = ("digits", "digits-tune", "wide3", "deep-nobn")
@@ -95,7 +115,7 @@ def healthy(work: Path, model: str, seed: int) -> dict:
         init = work / f"digits-s{seed}" / "ckpt.pt" if model == "digits-tune" else None
         train(recipe_for(model, seed), folder, init=init, show_progress=False)
     trained = time.perf_counter()
-    export_dir, manifest = run_export(ckpt, ["executorch", "coreml", "tflite"], out=folder / "export")
+    _, manifest = run_export(ckpt, ["executorch", "coreml", "tflite"], out=folder / "export")
     return {
         "model": model,
         "seed": seed,
@@ -110,7 +130,9 @@ def healthy(work: Path, model: str, seed: int) -> dict:
 
 
 def _device_layer_weights(model, layer: int):
-    return [m.weight for m in model.encoder.layers[layer].modules() if hasattr(m, "weight") and m.weight is not None and m.weight.dim() == 2]
+    return [
+        m.weight for m in model.encoder.layers[layer].modules() if hasattr(m, "weight") and m.weight is not None and m.weight.dim() == 2
+    ]
 
 
 def faulty_model_builder(fault: str):
@@ -321,11 +343,16 @@ def healthy_rows(results: list[dict]) -> list[dict]:
                 for task, v in numbers["tasks"].items():
                     rows.append(
                         {
-                            "model": r["model"], "seed": r["seed"], "artifact": artifact, "runtime": runtime, "task": task,
+                            "model": r["model"],
+                            "seed": r["seed"],
+                            "artifact": artifact,
+                            "runtime": runtime,
+                            "task": task,
                             "heldout_flips": v["agreement"].get("held-out", {}).get("flips"),
                             "rest_flips": v["agreement"].get("rest", {}).get("flips"),
                             "heldout_p": v["agreement"].get("held-out", {}).get("p_value"),
-                            "logit_sqnr_db": v["logit_sqnr_db"], "softmax_kl": v["softmax_kl"],
+                            "logit_sqnr_db": v["logit_sqnr_db"],
+                            "softmax_kl": v["softmax_kl"],
                             "wire_sqnr_db": numbers.get("wire", {}).get("sqnr_db"),
                             "mcnemar_p": v.get("mcnemar", {}).get("p_value"),
                         }
@@ -358,9 +385,15 @@ def report(healthy_results: list[dict], fault_results: list[dict]) -> str:
         f"exports: **{len(old)} rejected** ({names})."
     )
     for r in rejected:
-        lines.append(f"- REJECTED {r['model']} seed {r['seed']}: " + "; ".join(f"{c['artifact']} {c['runtime']} {c['check']}: {c['detail']}" for c in r["verification"]["failed"]))
+        lines.append(
+            f"- REJECTED {r['model']} seed {r['seed']}: "
+            + "; ".join(f"{c['artifact']} {c['runtime']} {c['check']}: {c['detail']}" for c in r["verification"]["failed"])
+        )
     lines += ["", "Distribution over every device artifact × runtime × task (min / 5 % / median / 95 % / max):", ""]
-    lines += ["| model | rows | held-out flips (of 360) | rest flips (of 1437) | logit SQNR dB | softmax KL | wire SQNR dB | held-out accuracy (fp32) |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| model | rows | held-out flips (of 360) | rest flips (of 1437) | logit SQNR dB | softmax KL | wire SQNR dB | held-out accuracy (fp32) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for m in MODELS:
         sub = [r for r in device if r["model"] == m]
         accuracy = [min(r["heldout_metrics"].values()) for r in healthy_results if r["model"] == m]
@@ -371,8 +404,16 @@ def report(healthy_results: list[dict], fault_results: list[dict]) -> str:
         )
     worst = sorted(device, key=lambda r: r["heldout_p"] if r["heldout_p"] is not None else 1)[:1]
     for r in worst:
-        lines.append(f"\nMost flips seen: {r['model']} seed {r['seed']} {r['runtime']} [{r['task']}]: {r['heldout_flips']} of 360 held-out (p = {r['heldout_p']}), {r['rest_flips']} of 1437 rest.")
-    lines += ["", "## Seeded faults", "", "| base | fault | rejected | caught by | lowest agreement | lowest logit SQNR dB | wire SQNR dB |", "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"\nMost flips seen: {r['model']} seed {r['seed']} {r['runtime']} [{r['task']}]: {r['heldout_flips']} of 360 held-out (p = {r['heldout_p']}), {r['rest_flips']} of 1437 rest."
+        )
+    lines += [
+        "",
+        "## Seeded faults",
+        "",
+        "| base | fault | rejected | caught by | lowest agreement | lowest logit SQNR dB | wire SQNR dB |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for f in fault_results:
         e = list(f["effect"]["runtimes"].values())
         agreement = min((v["min_agreement"] for v in e if v["min_agreement"] is not None), default=None)
@@ -421,9 +462,18 @@ def main() -> None:
                 stale.unlink()
             list(pool.map(lambda job: in_subprocess(work, "reverify", *job), [(m, str(s)) for m in MODELS for s in seeds]))
         # digits-tune starts from the same seed's digits: digits first.
-        first = list(pool.map(lambda job: in_subprocess(work, "healthy", *job), [(m, str(s)) for m in ("digits", "wide3", "deep-nobn") for s in seeds]))
+        first = list(
+            pool.map(
+                lambda job: in_subprocess(work, "healthy", *job), [(m, str(s)) for m in ("digits", "wide3", "deep-nobn") for s in seeds]
+            )
+        )
         tuned = list(pool.map(lambda s: in_subprocess(work, "healthy", "digits-tune", str(s)), seeds))
-        faults = list(pool.map(lambda job: in_subprocess(work, "fault", *job), [(b, f) for b in FAULT_BASES for f in FAULTS if b != "digits-tune" or f != "heads_swapped"]))
+        faults = list(
+            pool.map(
+                lambda job: in_subprocess(work, "fault", *job),
+                [(b, f) for b in FAULT_BASES for f in FAULTS if b != "digits-tune" or f != "heads_swapped"],
+            )
+        )
     healthy_results = sorted(first + tuned, key=lambda r: (MODELS.index(r["model"]), r["seed"]))
     text = report(healthy_results, faults)
     print(text)
