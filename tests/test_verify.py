@@ -43,7 +43,7 @@ def test_export_recorded_a_passing_verification(int8_export):
     assert verification["passed"], verification["failed"]
     runtimes = {r for per_artifact in verification["metrics"].values() for r in per_artifact}
     assert {"ExecuTorch XNNPACK", "LiteRT XNNPACK", "LiteRT reference kernels", "MIL reference", "TorchScript"} <= runtimes
-    assert verification["samples"] == 360
+    assert verification["samples"] == 1797 and verification["sets"] == {"held-out": 360, "rest": 1437}
 
 
 def test_verify_passes_with_json_and_junit(int8_export, tmp_path):

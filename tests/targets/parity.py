@@ -20,7 +20,9 @@ def assert_end_to_end(target: str, precision: str, logits: dict, reference) -> N
         got, want = logits[name], reference.logits[name]
         flips = int((got.argmax(-1) != want.argmax(-1)).sum())
         flip_test = gate.flip_test(flips, len(want), 1 - bounds["min_top1_agreement"], bounds["alpha"])
-        assert flip_test.passed, f"{target} {precision} {name}: {flips} of {len(want)} flipped, p = {flip_test.p_value:.3g}"
+        assert flip_test.passed, (
+            f"{target} {precision} {name}: top-1 agreement {1 - flip_test.rate:.4f}, {flips} of {len(want)} flipped, p = {flip_test.p_value:.3g}"
+        )
         truth = reference.labels[:, t]
         mcnemar = gate.mcnemar_test(want.argmax(-1) == truth, got.argmax(-1) == truth, bounds["max_accuracy_drop"], bounds["alpha"])
         assert mcnemar.passed, f"{target} {precision} {name}: accuracy {mcnemar.drop_points:+.2f} points worse, p = {mcnemar.p_value:.3g}"
