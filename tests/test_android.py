@@ -159,6 +159,7 @@ def test_kotlin_round_trip_against_dtconvert_serve(core_tests_jar, int8_export):
     with running_server(int8_export) as server:
         code, passed, failed, output = run_suites(core_tests_jar, "roundtrip", DT_EXPORT_DIR=int8_export, DT_SERVER_URL=server.url)
     assert failed == 0 and code == 0, f"Kotlin round trip: {failed} failed:\n{output}\n--- server log ---\n{server.log()}"
+    assert passed >= SUITE_TESTS["roundtrip"], f"the Kotlin round trip ran {passed} tests, expected {SUITE_TESTS['roundtrip']}:\n{output}"
 
 
 @pytest.mark.serve

@@ -43,6 +43,13 @@ def test_console_script_help_lists_commands():
         assert command in done.stdout
 
 
+def test_version_prints_the_package_version_and_exits_0():
+    from dtconvert import __version__
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"dtconvert {__version__}"
+
+
 def test_info_recipe_json():
     result = CliRunner().invoke(app, ["info", str(RECIPES / "dt-2m.yaml"), "--json"])
     assert result.exit_code == 0, result.output

@@ -69,3 +69,43 @@ def test_twin_perturbed_onnx_weight_is_caught(encoder_onnx, tmp_path):
     bad = tmp_path / "perturbed.onnx"
     onnx.save(proto, str(bad))
     assert _max_abs_error(bad, model.encoder, torch.randn(1, 1, 8, 8)) > TOLERANCE
+
+
+# ---- the product's own ONNX-vs-torch gate (dtconvert.targets.tflite), not a re-implementation of it ----
+
+
+def _tflite_job(encoder, tmp_path):
+    from dtconvert.targets import ExportJob
+
+    example = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    return ExportJob(name="tiny", precision="fp32", encoder=encoder, example=example, calibration=example.numpy(), workdir=tmp_path)
+
+
+def test_the_tflite_targets_onnx_stage_passes_a_faithful_export(tiny_model, tmp_path):
+    from dtconvert.targets.tflite import TFLiteTarget
+
+    job = _tflite_job(tiny_model.encoder.eval(), tmp_path)
+    with torch.no_grad():
+        reference = job.encoder(job.example).numpy()
+    path = TFLiteTarget()._onnx(job, tmp_path / "encoder.onnx", job.example.numpy(), reference)
+    assert path.is_file()
+
+
+def test_twin_the_tflite_targets_onnx_stage_refuses_a_graph_that_computes_something_else(tiny_model, tmp_path, monkeypatch):
+    """torch.onnx.export writes a graph of a perturbed copy (as a mistranslating exporter would):
+    the target's own comparison with onnxruntime must refuse it with the measured error."""
+    import copy
+
+    from dtconvert.targets import ExportError
+    from dtconvert.targets.tflite import TFLiteTarget
+
+    job = _tflite_job(tiny_model.encoder.eval(), tmp_path)
+    with torch.no_grad():
+        reference = job.encoder(job.example).numpy()
+    wrong = copy.deepcopy(job.encoder)
+    with torch.no_grad():
+        wrong.layers[0].ffn.fc1.weight.mul_(1.5)
+    real_export = torch.onnx.export
+    monkeypatch.setattr(torch.onnx, "export", lambda module, *args, **kwargs: real_export(wrong, *args, **kwargs))
+    with pytest.raises(ExportError, match=r"the ONNX export differs from torch by .* \(bound "):
+        TFLiteTarget()._onnx(job, tmp_path / "encoder.onnx", job.example.numpy(), reference)
