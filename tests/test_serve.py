@@ -372,6 +372,18 @@ def test_client_accuracy_check_fails_on_a_wrong_label(server, int8_export):
     assert right["odd"] > 0.9 and wrong["odd"] < 0.1
 
 
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_client_top_k_asks_for_that_many_labels_per_task(server, int8_export, tmp_path, top_k):
+    """--top-k N: every prediction lists N labels per task (default 3; the twin is the other N)."""
+    report_path = tmp_path / "client.json"
+    done = run_cli("client", str(int8_export), "--url", server.url, "--digits", "3", "--top-k", str(top_k), "--json", str(report_path))
+    assert done.returncode == 0, done.stderr
+    results = json.loads(report_path.read_text())["results"]
+    assert len(results) == 3
+    for image in results:
+        assert {task: len(labels) for task, labels in image["predictions"].items()} == {"digit": top_k, "odd": top_k}
+
+
 def test_client_bad_command_lines(server, int8_export, fp32_export):
     cases = [
         (["--target", "coreml", "--url", server.url, "--digits", "2"], "--target must be one of"),
