@@ -632,11 +632,14 @@ def _check_preprocessing(
     golden = manifest.get("golden") or {}
     raw_path = export_dir / golden.get("path", "golden") / "image_uint8.npy"
     if "image_uint8.npy" in golden.get("files", {}) and raw_path.is_file():
-        raw = np.load(raw_path, allow_pickle=False)
-        inputs = np.load(export_dir / golden["path"] / "input.npy", allow_pickle=False)
-        unit = torch.from_numpy(raw.astype(np.float32) / 255.0).reshape(len(raw), -1, *raw.shape[-2:])
-        ours = normalize(resize_unit_images(unit, pre["size"][0], pre["resize"]), pre["mean"], pre["std"]).numpy()
-        error = float(np.abs(ours - inputs).max()) if ours.shape == inputs.shape else float("inf")
+        try:  # the export is untrusted input: a golden file that is no plain numeric array is a failed check
+            raw = np.load(raw_path, allow_pickle=False)
+            inputs = np.load(export_dir / golden["path"] / "input.npy", allow_pickle=False)
+            unit = torch.from_numpy(raw.astype(np.float32) / 255.0).reshape(len(raw), -1, *raw.shape[-2:])
+            ours = normalize(resize_unit_images(unit, pre["size"][0], pre["resize"]), pre["mean"], pre["std"]).numpy()
+            error = float(np.abs(ours - inputs).max()) if ours.shape == inputs.shape else float("inf")
+        except (ValueError, TypeError, RuntimeError, OSError):
+            error = float("inf")
         measured.append(f"golden raw images → manifest preprocessing: max abs {error:.2g} from golden/input.npy (bound ≤ 1e-5)")
         if not error <= 1e-5:
             problems.append(measured[-1])

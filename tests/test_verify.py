@@ -388,3 +388,18 @@ def test_verify_prints_nothing_from_third_party_libraries(quick_int8_export, tmp
     # Twin: the libraries did speak; their lines are in the export's log, not lost.
     log = (copy / "export.log").read_text()
     assert "===== verify" in log and ("libcoremlpython" in log or "TensorFlow" in log or "XNNPACK" in log), log[-2000:]
+
+
+def test_a_pickled_golden_file_is_a_failed_check_not_a_traceback(quick_int8_export, tmp_path):
+    """The export is untrusted: a golden array that needs pickle to load, with a matching hash."""
+    from dtconvert.checkpoint import sha256_file
+
+    copy = _copy(quick_int8_export, tmp_path)
+    raw = copy / "golden" / "image_uint8.npy"
+    np.save(raw, np.array([{"not": "pixels"}], dtype=object), allow_pickle=True)
+    manifest = manifest_of(copy)
+    manifest["golden"]["files"]["image_uint8.npy"] = sha256_file(raw)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    result = _verify(copy, "--json", str(tmp_path / "v.json"), "--limit", "20")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert ("manifest", "-", "preprocessing") in _failed(json.loads((tmp_path / "v.json").read_text()))
