@@ -72,7 +72,7 @@ def test_swap_copies_and_leaves_the_model_alone(tiny_model):
 def test_default_precisions_run_as_one_delegate_call_with_nothing_outside(fixture, request):
     export_dir = request.getfixturevalue(fixture)
     manifest = manifest_of(export_dir)
-    from dtconvert.verify import measure_delegation
+    from dtconvert.targets import measure_delegation
 
     for target, count_key in (("executorch", "delegate_calls"), ("tflite", "partitions")):
         path, entry = artifact(export_dir, target)
@@ -89,7 +89,8 @@ def _todays_pte(ckpt_path, path):
     from executorch.exir import to_edge_transform_and_lower
 
     from dtconvert.checkpoint import build_model, load_checkpoint
-    from dtconvert.quantize import checkpoint_images, pt2e_quantize
+    from dtconvert.data import checkpoint_images
+    from dtconvert.quantize import pt2e_quantize
 
     ckpt = load_checkpoint(ckpt_path)
     encoder = build_model(ckpt).encoder.eval()

@@ -1,7 +1,10 @@
-"""Export targets: one module per runtime, behind one small protocol.
+"""Export targets: the only place that knows a runtime, one module per target behind one protocol.
 
-A target's heavy library (executorch, coremltools, tensorflow) is imported only when that
-target is used: the table maps names to ``"module:Class"`` strings.
+A target writes its artifact (``export``) and runs it (``runtimes`` and ``runner``): verify,
+client, bench and sweep ask the target instead of loading a runtime themselves, and report
+each runtime under its label in :data:`RUNTIMES`. A target's heavy library (executorch,
+coremltools, tensorflow) is imported only when that target is used: the table maps names to
+``"module:Class"`` strings.
 """
 
 from __future__ import annotations
@@ -10,10 +13,12 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where it is used: a runtime's runner needs no torch (the LiteRT memory probe)
+    import torch
 
 DEVICE_TARGETS = {
     "executorch": "dtconvert.targets.executorch:ExecuTorchTarget",
@@ -24,6 +29,17 @@ DEVICE_TARGETS = {
 # int8-static: full-integer weights and activations (static scales), for NPUs; fp32: no quantization.
 PRECISIONS = ("int8", "int8-static", "fp32")
 INPUT_NAME, OUTPUT_NAME = "image", "wire"
+# The one table of runtime labels: every report names a runtime by its label here.
+RUNTIMES = {
+    "executorch": "ExecuTorch XNNPACK",
+    "litert": "LiteRT XNNPACK",
+    "litert-reference": "LiteRT reference kernels",
+    "coreml-cpu": "Core ML CPU",
+    "coreml-all": "Core ML all units",
+    "mil-reference": "MIL reference",
+}
+# What each target runs on first: the runtime that times, serves and stands for the target.
+PRIMARY_RUNTIME = {"executorch": "executorch", "tflite": "litert", "coreml": "coreml-cpu"}
 # Weights of fewer elements stay float32 on every target: LiteRT's converter fixes this threshold
 # for dynamic-range quantization, and the same rule elsewhere keeps the same layers int8 on every
 # runtime. Quantizing them saves a few KB and costs fidelity where it shows most: a small last
@@ -36,6 +52,8 @@ INT8_LARGE_WEIGHTS = f"{INT8_WEIGHTS}, for weights of at least {WEIGHT_THRESHOLD
 
 def small_weight_layers(module: torch.nn.Module) -> set[str]:
     """Names of the linear and conv layers whose weights stay float32 (below WEIGHT_THRESHOLD)."""
+    import torch
+
     return {
         name
         for name, m in module.named_modules()
@@ -63,6 +81,11 @@ class ExportError(Exception):
     """A target could not be produced (an unsupported op, a converter failure, a structural check)."""
 
 
+class UnsupportedByRuntime(Exception):
+    """A valid artifact that uses something this runtime does not implement (an op the MIL reference
+    lacks): a failed check, not a broken export. The message names it."""
+
+
 class RunnerUnavailable(Exception):
     """This host cannot execute the artifact (for example Core ML on Linux); the message says why."""
 
@@ -80,6 +103,19 @@ class ExportJob:
     metadata: dict = field(default_factory=dict)  # description, version, tasks, wire spec
 
 
+Run = Callable[[np.ndarray], np.ndarray]
+
+
+def runtime_label(runtime: str) -> str:
+    """How reports name ``runtime`` (a key of :data:`RUNTIMES`)."""
+    return RUNTIMES[runtime]
+
+
+def looped(run: Run) -> Run:
+    """``run`` called once per image: a batch-1 artifact applied to a batch of any size."""
+    return lambda x: np.concatenate([run(x[i : i + 1]) for i in range(len(x))])
+
+
 class Target(Protocol):
     name: str
     extension: str
@@ -90,9 +126,20 @@ class Target(Protocol):
         ``quantization`` (the scheme and which op kinds are int8 or float, read from what was
         produced) and, for a delegating runtime, ``delegation`` (calls or partitions, ops outside)."""
 
-    def runner(self, path: Path) -> Callable[[np.ndarray], np.ndarray]:
-        """A function from a preprocessed (1, C, H, W) batch to the float wire tensor,
-        or raise :class:`RunnerUnavailable` saying why this host cannot run it."""
+    def runtimes(self) -> list[str]:
+        """Keys of :data:`RUNTIMES` that can run this target's artifacts on this host, best first
+        (empty when none can: Core ML on Linux has only the MIL reference, which is a runtime here)."""
+
+    def runner(self, path: Path, runtime: str | None = None, *, threads: int | None = None, batch: int = 1) -> Run:
+        """Load the artifact in ``runtime`` (default: the target's first) and return a function from
+        a preprocessed (``batch``, C, H, W) float32 array to the float wire tensor; raise
+        :class:`RunnerUnavailable` saying why this host cannot run it.
+
+        ``batch``: LiteRT resizes its interpreter to it (check the numbers before trusting that);
+        an ExecuTorch program runs the batch it was lowered at, whatever ``batch`` says; a Core ML
+        encoder takes batch 1 only (``ValueError`` otherwise). ``threads``: the runtime's own
+        thread count where it has one per model (LiteRT); ExecuTorch's threadpool is
+        process-wide (``dtconvert.targets.executorch.set_threads``)."""
 
 
 def load_target(name: str) -> Target:
@@ -100,15 +147,13 @@ def load_target(name: str) -> Target:
     return getattr(importlib.import_module(module), cls)()
 
 
+def measure_delegation(path: Path, target: str) -> dict:
+    """How the runtime's XNNPACK delegate takes the artifact, read from the artifact itself:
+    ``{"partitions": n, "ops_outside_delegate": {op: count}}`` (a .pte's partitions are its
+    delegate calls). Only delegating targets (ExecuTorch, LiteRT) have one."""
+    return load_target(target).delegation(path)  # type: ignore[attr-defined]
+
+
 def artifact_name(model: str, part: str, target: str, precision: str, extension: str) -> str:
     """``{model}_{part}_{target}_{precision}.{ext}``: the file name says what it is."""
     return f"{model}_{part}_{target}_{precision}.{extension}"
-
-
-def layer_of(node) -> str:
-    """The model layer a torch.fx node came from, for error messages."""
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return "?"
-    path = list(stack.values())[-1][0]
-    return path.replace("L['self'].", "").replace("L__self__.", "") or "?"

@@ -1,4 +1,4 @@
-"""Core ML ``.mlpackage`` (ML program, iOS 17+): fp32, int8 weights, or W8A8.
+"""The Core ML target: the encoder as an ML program (fp32, int8 weights or W8A8), run in Core ML or the MIL reference.
 
 Precision ``int8`` is weight-only: the fp32 program converted, then its weights quantized to
 int8 per output channel (``linear_quantize_weights``; Core ML dequantizes them as constants, so
@@ -26,8 +26,10 @@ from dtconvert.targets import (
     WEIGHT_THRESHOLD,
     ExportError,
     ExportJob,
+    Run,
     RunnerUnavailable,
     Scheme,
+    UnsupportedByRuntime,
 )
 
 SCHEMES = {
@@ -141,12 +143,43 @@ class CoreMLTarget:
             "quantization": {**SCHEMES[job.precision].describe(), "ops": mil_op_precisions(path)},
         }
 
-    def runner(self, path: Path):
+    def structure(self, path: Path, entry: dict) -> tuple[list[str], str]:
+        """Problems with the ML program's ops (the MIL reference's allow-list) and I/O against its manifest entry."""
+        from dtconvert.mil_reference import check_ops, io_signature
+
+        unknown = check_ops(path)
+        io = io_signature(path)
+        declared = {k: [{f: t[f] for f in ("name", "shape", "dtype")} for t in entry.get(k, [])] for k in ("inputs", "outputs")}
+        problems = ([f"ops outside the MIL reference allow-list: {unknown}"] if unknown else []) + (
+            [f"I/O {io} differs from the manifest's {declared}"] if io != declared else []
+        )
+        return problems, "all ops in the allow-list; I/O as in the manifest"
+
+    def runtimes(self) -> list[str]:
+        # Core ML predicts only on macOS; elsewhere the MIL program runs in dtconvert's numpy interpreter.
+        return ["coreml-cpu", "coreml-all"] if platform.system() == "Darwin" else ["mil-reference"]
+
+    def runner(self, path: Path, runtime: str | None = None, *, threads: int | None = None, batch: int = 1) -> Run:
+        runtime = runtime or "coreml-cpu"
+        if batch != 1:
+            raise ValueError(f"a Core ML encoder is converted for batch 1, not {batch}")
+        if runtime == "mil-reference":
+            from dtconvert.mil_reference import MILReference, UnknownMILOp
+
+            try:
+                reference = MILReference(path)
+            except UnknownMILOp as e:  # a valid ML program using an op the interpreter lacks
+                reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                raise UnsupportedByRuntime(f"{type(e).__name__}: {reason}") from None
+            return lambda x: reference.run({INPUT_NAME: x})[OUTPUT_NAME]
+        if runtime not in ("coreml-cpu", "coreml-all"):
+            raise ValueError(f"a .mlpackage runs in Core ML or the MIL reference, not {runtime!r}")
         if platform.system() != "Darwin":
             raise RunnerUnavailable("Core ML prediction runs only on macOS; on Linux the MIL program is checked instead")
         import coremltools as ct
 
-        model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)
+        units = ct.ComputeUnit.CPU_ONLY if runtime == "coreml-cpu" else ct.ComputeUnit.ALL
+        model = ct.models.MLModel(str(path), compute_units=units)
         return lambda x: model.predict({INPUT_NAME: x.astype(np.float32)})[OUTPUT_NAME]
 
 

@@ -1,4 +1,4 @@
-"""ExecuTorch ``.pte`` lowered whole to the XNNPACK delegate: one delegate call, nothing outside.
+"""The ExecuTorch target: the encoder lowered whole to the XNNPACK delegate as a ``.pte``, and run.
 
 Three things keep the program in one piece (each measured on the dt-2m encoder, where today's
 formulation made 16 delegate calls with 8 ``native_layer_norm`` and 16 ``expand_copy`` between
@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dtconvert.targets import FP32, INT8_LARGE_WEIGHTS, INT8_WEIGHTS, ExportError, ExportJob, Scheme, layer_of, small_weight_layers
+from dtconvert.rewrite import layer_of
+from dtconvert.targets import FP32, INT8_LARGE_WEIGHTS, INT8_WEIGHTS, ExportError, ExportJob, Run, Scheme, small_weight_layers
 
 SCHEMES = {
     "int8": Scheme(
@@ -187,7 +188,17 @@ class ExecuTorchTarget:
             "delegation": {"delegate": "XNNPACK", "delegate_calls": delegates, "ops_outside_delegate": kernels},
         }
 
-    def runner(self, path: Path):
+    def runtimes(self) -> list[str]:
+        return ["executorch"]
+
+    def delegation(self, path: Path) -> dict:
+        kernels, delegates = pte_kernel_ops(path)
+        return {"partitions": delegates, "ops_outside_delegate": kernels}
+
+    def runner(self, path: Path, runtime: str | None = None, *, threads: int | None = None, batch: int = 1) -> Run:
+        if runtime not in (None, "executorch"):
+            raise ValueError(f"a .pte runs in ExecuTorch, not {runtime!r}")
+        # A program runs the batch it was lowered at (the shipped .pte: 1; bench re-lowers at others): nothing to resize.
         from executorch.runtime import Runtime
 
         from dtconvert.output import quiet_native
@@ -199,6 +210,16 @@ class ExecuTorchTarget:
             return method.execute([torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))])[0].numpy()
 
         return run
+
+
+def set_threads(threads: int) -> int | None:
+    """Resize ExecuTorch's process-wide threadpool (XNNPACK runs on it) and return its size.
+
+    Programs loaded before keep the old pool: load them again after (the pybindings' own advice)."""
+    from executorch.extension.pybindings import portable_lib
+
+    portable_lib._unsafe_reset_threadpool(threads)
+    return int(portable_lib._threadpool_get_thread_count())
 
 
 def pte_kernel_ops(path: Path) -> tuple[dict[str, int], int]:

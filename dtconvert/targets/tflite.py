@@ -1,4 +1,4 @@
-"""TFLite ``.tflite``: torch → ONNX (dynamo) → onnx2tf (graph only) → TFLiteConverter.
+"""The TFLite target: the encoder as ``.tflite`` (torch → ONNX → onnx2tf → TFLiteConverter), run in LiteRT.
 
 onnx2tf translates the graph; TensorFlow's own converter quantizes, since onnx2tf's
 quantization changed the float graph it produced (TOOLCHAIN.md, pitfall 3). Only builtin ops
@@ -29,9 +29,8 @@ from pathlib import Path
 from unittest import mock
 
 import numpy as np
-import torch
 
-from dtconvert.targets import FP32, INPUT_NAME, INT8_LARGE_WEIGHTS, INT8_WEIGHTS, OUTPUT_NAME, ExportError, ExportJob, Scheme
+from dtconvert.targets import FP32, INPUT_NAME, INT8_LARGE_WEIGHTS, INT8_WEIGHTS, OUTPUT_NAME, ExportError, ExportJob, Run, Scheme
 
 SCHEMES = {
     "int8": Scheme(
@@ -175,16 +174,25 @@ def io_details(path: Path) -> dict:
     return {"inputs": describe(runner.get_input_details()), "outputs": describe(runner.get_output_details())}
 
 
-def make_runner(path: Path, reference_kernels: bool = False, threads: int | None = None):
-    """Run a .tflite through LiteRT: XNNPACK by default, or the reference kernels."""
+def make_runner(path: Path, reference_kernels: bool = False, threads: int | None = None, batch: int = 1) -> Run:
+    """Run a .tflite through LiteRT: XNNPACK by default, or the reference kernels; its input
+    resized to ``batch`` images when that is not 1 (check that it is exact before trusting it)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     kwargs = {"experimental_op_resolver_type": OpResolverType.BUILTIN_REF} if reference_kernels else {}
     interpreter = Interpreter(model_path=str(path), num_threads=threads, **kwargs)
-    runner = interpreter.get_signature_runner()
+    signature = interpreter.get_signature_runner()  # tensors by the names the export gave them
+    given, wanted = signature.get_input_details()[INPUT_NAME], signature.get_output_details()[OUTPUT_NAME]
+    index_in, index_out, shape = given["index"], wanted["index"], list(given["shape"])
+    del signature, given, wanted  # it holds views of the interpreter's tensors; allocate_tensors refuses while they live
+    if batch != 1:
+        interpreter.resize_tensor_input(index_in, [batch, *shape[1:]], strict=False)
+    interpreter.allocate_tensors()
 
     def run(x: np.ndarray) -> np.ndarray:
-        return runner(**{INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[OUTPUT_NAME]
+        interpreter.set_tensor(index_in, np.ascontiguousarray(x, dtype=np.float32))
+        interpreter.invoke()
+        return interpreter.get_tensor(index_out)
 
     return run
 
@@ -195,6 +203,8 @@ class TFLiteTarget:
     schemes = SCHEMES
 
     def export(self, job: ExportJob, path: Path) -> dict:
+        import torch
+
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         work = job.workdir / "tflite"
         shutil.rmtree(work, ignore_errors=True)
@@ -220,6 +230,7 @@ class TFLiteTarget:
 
     def _onnx(self, job: ExportJob, onnx_path: Path, x: np.ndarray, reference: np.ndarray) -> Path:
         import onnxruntime as ort
+        import torch
 
         # Fixed batch 1: a dynamic batch went through onnx2tf with no error and wrong numbers.
         torch.onnx.export(
@@ -311,11 +322,31 @@ class TFLiteTarget:
             except Exception as e:  # the converter raises ConverterError and friends
                 raise ExportError(f"TFLiteConverter failed: {str(e).strip().splitlines()[0]}") from e
 
-    def runner(self, path: Path):
-        return make_runner(path)
+    def runtimes(self) -> list[str]:
+        return ["litert", "litert-reference"]
+
+    def structure(self, path: Path, entry: dict) -> tuple[list[str], str]:
+        """Problems with the .tflite's ops and I/O against its manifest entry, and what a pass says."""
+        flex = non_builtin_ops(tflite_ops(path))
+        io = io_details(path)
+        mismatch = [k for k in ("inputs", "outputs") if io[k] != entry.get(k)]
+        problems = [f"non-builtin ops {flex}"] if flex else []
+        problems += [f"{k} {io[k]} differ from the manifest's {entry.get(k)}" for k in mismatch]
+        return problems, "builtin ops only; I/O and quantization as in the manifest"
+
+    def delegation(self, path: Path) -> dict:
+        measured = delegation(path)
+        return {"partitions": measured["partitions"], "ops_outside_delegate": measured["ops_outside_delegate"]}
+
+    def runner(self, path: Path, runtime: str | None = None, *, threads: int | None = None, batch: int = 1) -> Run:
+        if runtime not in (None, "litert", "litert-reference"):
+            raise ValueError(f"a .tflite runs in LiteRT, not {runtime!r}")
+        return make_runner(path, reference_kernels=runtime == "litert-reference", threads=threads, batch=batch)
 
 
 def _sample_images(calibration: np.ndarray) -> np.ndarray:
+    import torch
+
     """20 calibration images as 128×128×3 NHWC in [0, 1], the shape onnx2tf's sample file has."""
     images = torch.from_numpy(calibration[:20])
     images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:, :3]

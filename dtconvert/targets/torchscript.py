@@ -1,4 +1,4 @@
-"""The cloud half: the decoder as TorchScript, plus a Triton Inference Server model repository.
+"""The cloud half as TorchScript: the decoder taking the int8 wire, its trunk digest, and the fp32 reference model.
 
 The TorchScript module takes the int8 wire tensor exactly as it arrives from the device, with
 its scale and zero point, dequantizes it inside, and returns every task's logits in the
@@ -107,45 +107,6 @@ def load_decoder(path: Path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return torch.jit.load(str(path), map_location="cpu").eval()
-
-
-def write_triton_repository(
-    root: Path, model_name: str, decoder_file: Path, wire_shape: list[int], tasks: list[dict], max_batch_size: int = 64
-) -> list[Path]:
-    """A model repository for Triton's PyTorch (libtorch) backend; returns the files written."""
-    model_dir = root / model_name
-    version_dir = model_dir / "1"
-    version_dir.mkdir(parents=True)
-    (version_dir / "model.pt").write_bytes(decoder_file.read_bytes())
-    dims = ", ".join(str(d) for d in wire_shape[1:])
-    outputs = []
-    written = [version_dir / "model.pt"]
-    for i, task in enumerate(tasks):
-        labels = model_dir / f"labels_{task['name']}.txt"
-        labels.write_text("\n".join(task["labels"]) + "\n")
-        written.append(labels)
-        outputs.append(f'  {{ name: "OUTPUT__{i}" data_type: TYPE_FP32 dims: [ {len(task["labels"])} ] label_filename: "{labels.name}" }}')
-    config = f"""# Cloud decoder of dtconvert model {model_name!r}: int8 wire tensor in, one logits tensor per task out.
-# OUTPUT__i follows the manifest's task order: {", ".join(t["name"] for t in tasks)}.
-name: "{model_name}"
-platform: "pytorch_libtorch"
-max_batch_size: {max_batch_size}
-input [
-  {{ name: "INPUT__0" data_type: TYPE_INT8 dims: [ {dims} ] }},
-  {{ name: "INPUT__1" data_type: TYPE_FP32 dims: [ 1 ] }},
-  {{ name: "INPUT__2" data_type: TYPE_INT32 dims: [ 1 ] }}
-]
-output [
-{("," + chr(10)).join(outputs)}
-]
-dynamic_batching {{
-  max_queue_delay_microseconds: 2000
-}}
-instance_group [ {{ kind: KIND_CPU, count: 1 }} ]
-"""
-    (model_dir / "config.pbtxt").write_text(config)
-    written.append(model_dir / "config.pbtxt")
-    return written
 
 
 class ReferenceModel(nn.Module):
