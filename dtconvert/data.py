@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from dtconvert.errors import UserError
-from dtconvert.recipe import Recipe
+from dtconvert.recipe import Recipe, parse_recipe
 
+DEFAULT_CALIBRATION_IMAGES = 128
+MIN_CALIBRATION_IMAGES = 32
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DIGIT_LABELS = {
     "digit": [str(d) for d in range(10)],
@@ -198,3 +200,58 @@ def stratified_split(labels: np.ndarray, heldout_fraction: float, seed: int) -> 
     except ValueError as e:  # too few images of some class to stratify
         raise UserError(f"cannot split the data {heldout_fraction:.0%} held out: {e}") from None
     return sorted(int(i) for i in train), sorted(int(i) for i in heldout)
+
+
+# ---- images as the exported model sees them (calibration, verification) ---------------------
+
+
+def dataset_images(recipe: dict, index: list[int], preprocessing: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Preprocessed images (N, C, H, W) float32 and their labels (N, tasks) for sample indices
+    of the data source a recipe names (as stored in a checkpoint or a manifest)."""
+    parsed = parse_recipe({k: v for k, v in recipe.items() if k != "name"}, "stored recipe", recipe["name"])
+    data = load_task_data(parsed)
+    rows = np.asarray(index, dtype=np.int64)
+    images = normalize(data.images01(rows), preprocessing["mean"], preprocessing["std"]).numpy().astype(np.float32)
+    return images, data.labels[rows]
+
+
+def checkpoint_images(ckpt: dict, split: str, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Preprocessed images and labels from the checkpoint's own data.
+
+    ``split`` is "train" or "heldout"; ``count`` takes the first N of a fixed shuffle of it.
+    """
+    index = np.asarray(ckpt["data"]["split"][split], dtype=np.int64)
+    if count is not None:
+        index = np.random.default_rng(0).permutation(index)[:count]
+    return dataset_images(ckpt["recipe"], index.tolist(), ckpt["preprocessing"])
+
+
+def folder_images(root: Path, preprocessing: dict) -> np.ndarray:
+    """Every image under ``root``, preprocessed as the checkpoint says."""
+    if not root.is_dir():
+        raise UserError(f"{root}: calibration folder does not exist")
+    files = image_files(root)
+    if len(files) < MIN_CALIBRATION_IMAGES:
+        found = "no images" if not files else f"only {len(files)} images"
+        raise UserError(f"{root}: calibration folder has {found}; at least {MIN_CALIBRATION_IMAGES} are needed")
+    size, channels = preprocessing["size"][0], preprocessing["channels"]
+    unit = torch.cat([load_image_file(f, size, channels, preprocessing["resize"]) for f in files])
+    return normalize(unit, preprocessing["mean"], preprocessing["std"]).numpy().astype(np.float32)
+
+
+def calibration_images(ckpt: dict, calib: str | None) -> tuple[np.ndarray, dict]:
+    """Resolve ``--calib`` (None, a count, or a folder) to images and a description for the manifest."""
+    if calib is None or calib.isdigit():
+        count = DEFAULT_CALIBRATION_IMAGES if calib is None else int(calib)
+        if count < MIN_CALIBRATION_IMAGES:
+            raise UserError(f"--calib {count}: at least {MIN_CALIBRATION_IMAGES} calibration images are needed")
+        available = len(ckpt["data"]["split"]["train"])
+        if count > available:
+            raise UserError(f"--calib {count}: the checkpoint's training split has only {available} images")
+        try:
+            images, _ = checkpoint_images(ckpt, "train", count)
+        except UserError as e:
+            raise UserError(f"cannot read the checkpoint's own training data for calibration ({e}); pass --calib DIR") from None
+        return images, {"source": "checkpoint training split", "images": count}
+    images = folder_images(Path(calib), ckpt["preprocessing"])
+    return images, {"source": "folder", "path": str(calib), "images": len(images)}

@@ -1,13 +1,4 @@
-"""Calibration data, the int8 wire tensor's quantization, and the one pt2e quantization spec.
-
-The wire tensor leaves the device as int8 with one per-tensor scale and zero point, fixed at
-export time from the fp32 encoder's outputs on the calibration images:
-
-    q = clamp(round(x / scale) + zero_point, -128, 127)        x ≈ (q - zero_point) * scale
-
-Device artifacts output the float wire tensor; the app (or `dtconvert client`) quantizes it
-with the manifest's scale and zero point, so every runtime sends identical bytes for
-identical encoder outputs.
+"""The one pt2e quantization spec that ExecuTorch and Core ML's ``int8-static`` lower with.
 
 Each target quantizes its own device artifact by the scheme its ``SCHEMES`` table names for
 the precision (see ``dtconvert/targets/``); the ExecuTorch artifacts and Core ML's
@@ -17,93 +8,10 @@ converter is given as representative data.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from dtconvert.errors import UserError
-
-DEFAULT_CALIBRATION_IMAGES = 128
-MIN_CALIBRATION_IMAGES = 32
-INT8_MIN, INT8_MAX = -128, 127
-
-
-def wire_qparams(wire: np.ndarray) -> tuple[float, int]:
-    """Asymmetric per-tensor int8 parameters covering ``wire``'s range (and zero)."""
-    low = min(float(wire.min()), 0.0)
-    high = max(float(wire.max()), 0.0)
-    scale = (high - low) / (INT8_MAX - INT8_MIN)
-    if scale <= 0.0 or not np.isfinite(scale):
-        return 1.0, 0
-    zero_point = int(np.clip(INT8_MIN - round(low / scale), INT8_MIN, INT8_MAX))
-    return float(np.float32(scale)), zero_point
-
-
-def quantize_wire(wire: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    q = np.round(wire.astype(np.float32) / np.float32(scale)) + zero_point
-    return np.clip(q, INT8_MIN, INT8_MAX).astype(np.int8)
-
-
-def dequantize_wire(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    return (q.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)
-
-
-def dataset_images(recipe: dict, index: list[int], preprocessing: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Preprocessed images (N, C, H, W) float32 and their labels (N, tasks) for sample indices
-    of the data source a recipe names (as stored in a checkpoint or a manifest)."""
-    from dtconvert.data import load_task_data, normalize
-    from dtconvert.recipe import parse_recipe
-
-    parsed = parse_recipe({k: v for k, v in recipe.items() if k != "name"}, "stored recipe", recipe["name"])
-    data = load_task_data(parsed)
-    rows = np.asarray(index, dtype=np.int64)
-    images = normalize(data.images01(rows), preprocessing["mean"], preprocessing["std"]).numpy().astype(np.float32)
-    return images, data.labels[rows]
-
-
-def checkpoint_images(ckpt: dict, split: str, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Preprocessed images and labels from the checkpoint's own data.
-
-    ``split`` is "train" or "heldout"; ``count`` takes the first N of a fixed shuffle of it.
-    """
-    index = np.asarray(ckpt["data"]["split"][split], dtype=np.int64)
-    if count is not None:
-        index = np.random.default_rng(0).permutation(index)[:count]
-    return dataset_images(ckpt["recipe"], index.tolist(), ckpt["preprocessing"])
-
-
-def folder_images(root: Path, preprocessing: dict) -> np.ndarray:
-    """Every image under ``root``, preprocessed as the checkpoint says."""
-    from dtconvert.data import image_files, load_image_file, normalize
-
-    if not root.is_dir():
-        raise UserError(f"{root}: calibration folder does not exist")
-    files = image_files(root)
-    if len(files) < MIN_CALIBRATION_IMAGES:
-        found = "no images" if not files else f"only {len(files)} images"
-        raise UserError(f"{root}: calibration folder has {found}; at least {MIN_CALIBRATION_IMAGES} are needed")
-    size, channels = preprocessing["size"][0], preprocessing["channels"]
-    unit = torch.cat([load_image_file(f, size, channels, preprocessing["resize"]) for f in files])
-    return normalize(unit, preprocessing["mean"], preprocessing["std"]).numpy().astype(np.float32)
-
-
-def calibration_images(ckpt: dict, calib: str | None) -> tuple[np.ndarray, dict]:
-    """Resolve ``--calib`` (None, a count, or a folder) to images and a description for the manifest."""
-    if calib is None or calib.isdigit():
-        count = DEFAULT_CALIBRATION_IMAGES if calib is None else int(calib)
-        if count < MIN_CALIBRATION_IMAGES:
-            raise UserError(f"--calib {count}: at least {MIN_CALIBRATION_IMAGES} calibration images are needed")
-        available = len(ckpt["data"]["split"]["train"])
-        if count > available:
-            raise UserError(f"--calib {count}: the checkpoint's training split has only {available} images")
-        try:
-            images, _ = checkpoint_images(ckpt, "train", count)
-        except UserError as e:
-            raise UserError(f"cannot read the checkpoint's own training data for calibration ({e}); pass --calib DIR") from None
-        return images, {"source": "checkpoint training split", "images": count}
-    images = folder_images(Path(calib), ckpt["preprocessing"])
-    return images, {"source": "folder", "path": str(calib), "images": len(images)}
+from dtconvert.rewrite import layer_of
 
 
 def pt2e_quantize(
@@ -134,8 +42,6 @@ def pt2e_quantize(
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
     if float_layers:
-        from dtconvert.targets import layer_of
-
         # set_module_name(name, None) is not supported (ExecuTorch 1.5); a filter is.
         quantizer.set_filter_function(lambda node: _not_a_scalar_multiply(node) and layer_of(node) not in float_layers)
     else:

@@ -1,4 +1,4 @@
-"""Export-time module swaps: runtime-friendly equivalents of the textbook modules.
+"""Export-time module swaps (runtime-friendly equivalents of textbook modules) and the layer names of traced nodes.
 
 Training and checkpoints keep ``nn.LayerNorm``; an exporter that needs another form swaps it
 in on a copy of the encoder, never on the model it was given and never in a checkpoint. Each
@@ -56,3 +56,12 @@ def _swap_layer_norms(module: nn.Module) -> None:
             setattr(module, name, LinearLayerNorm(child))
         else:
             _swap_layer_norms(child)
+
+
+def layer_of(node) -> str:
+    """The model layer a torch.fx node came from, for error messages."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return "?"
+    path = list(stack.values())[-1][0]
+    return path.replace("L['self'].", "").replace("L__self__.", "") or "?"

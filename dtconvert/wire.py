@@ -1,4 +1,13 @@
-"""The wire format: what a device sends to the cloud decoder (see docs/wire-format.md).
+"""The wire format: what a device sends to the cloud decoder (see docs/wire-format.md), and its int8 quantization.
+
+The wire tensor leaves the device as int8 with one per-tensor scale and zero point, fixed at
+export time from the fp32 encoder's outputs on the calibration images:
+
+    q = clamp(round(x / scale) + zero_point, -128, 127)        x ≈ (q - zero_point) * scale
+
+Device artifacts output the float wire tensor; the app (or ``dtconvert client``) quantizes it
+with the manifest's scale and zero point, so every runtime sends identical bytes for
+identical encoder outputs.
 
 Little-endian, language-neutral, so Kotlin and Swift can write it byte for byte::
 
@@ -34,6 +43,7 @@ FIXED = struct.Struct("<4sHH8sIBBHfi")  # 32 bytes
 DTYPES = {1: np.int8}
 MAX_RANK = 8
 CONTENT_TYPE = "application/octet-stream"  # the HTTP media type of a wire message
+INT8_MIN, INT8_MAX = -128, 127
 
 
 def header_size(rank: int) -> int:
@@ -113,3 +123,26 @@ def _model_id_bytes(model_id: str) -> bytes:
     if len(raw) != 8:
         raise WireFormatError(f"model id must be 16 hex digits, got {model_id!r}")
     return raw
+
+
+# ---- quantization of the wire tensor ----------------------------------------------------------
+
+
+def wire_qparams(wire: np.ndarray) -> tuple[float, int]:
+    """Asymmetric per-tensor int8 parameters covering ``wire``'s range (and zero)."""
+    low = min(float(wire.min()), 0.0)
+    high = max(float(wire.max()), 0.0)
+    scale = (high - low) / (INT8_MAX - INT8_MIN)
+    if scale <= 0.0 or not np.isfinite(scale):
+        return 1.0, 0
+    zero_point = int(np.clip(INT8_MIN - round(low / scale), INT8_MIN, INT8_MAX))
+    return float(np.float32(scale)), zero_point
+
+
+def quantize_wire(wire: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    q = np.round(wire.astype(np.float32) / np.float32(scale)) + zero_point
+    return np.clip(q, INT8_MIN, INT8_MAX).astype(np.int8)
+
+
+def dequantize_wire(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    return (q.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)

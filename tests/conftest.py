@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -113,8 +114,7 @@ def quick_ckpt(tmp_path_factory) -> Path:
     from dtconvert.train import train
 
     def build(out: Path) -> Path:
-        recipe = load_recipe(RECIPES / "digits.yaml")
-        recipe.epochs = 1
+        recipe = dataclasses.replace(load_recipe(RECIPES / "digits.yaml"), epochs=1)
         train(recipe, out, show_progress=False)
         return out / "ckpt.pt"
 
@@ -156,12 +156,9 @@ def other_shape_ckpt(tmp_path_factory) -> Path:
     from dtconvert.recipe import load_recipe
     from dtconvert.train import train
 
-    recipe = load_recipe(RECIPES / "digits.yaml")
-    config = OTHER.to_dict()
-    for key in ("image_size", "patch_size", "device_dim", "device_depth", "device_heads", "pool_at", "bottleneck",
-                "cloud_dim", "cloud_depth", "cloud_heads", "mlp_ratio"):
-        setattr(recipe, key, config[key])
-    recipe.name, recipe.tasks, recipe.epochs = "other", [name for name, _ in OTHER.tasks], 1
+    recipe = dataclasses.replace(
+        load_recipe(RECIPES / "digits.yaml"), **OTHER.architecture(), name="other", tasks=[name for name, _ in OTHER.tasks], epochs=1
+    )
 
     def build(out: Path) -> Path:
         train(recipe, out, show_progress=False)
@@ -233,7 +230,7 @@ class Reference:
 
     def __init__(self, ckpt_path: Path) -> None:
         from dtconvert.checkpoint import build_model, load_checkpoint
-        from dtconvert.quantize import checkpoint_images
+        from dtconvert.data import checkpoint_images
 
         self.ckpt = load_checkpoint(ckpt_path)
         self.model = build_model(self.ckpt)
@@ -272,8 +269,8 @@ def run_device(runner, images) -> np.ndarray:
 def end_to_end(export_dir: Path, wire, decode_scale: float | None = None) -> dict[str, np.ndarray]:
     """Quantize a float wire tensor with the manifest's parameters and run the TorchScript decoder
     (told ``decode_scale`` instead of the manifest's scale, to show a mismatch is caught)."""
-    from dtconvert.quantize import quantize_wire
     from dtconvert.targets.torchscript import load_decoder
+    from dtconvert.wire import quantize_wire
 
     manifest = manifest_of(export_dir)
     s, z = manifest["wire"]["scale"], manifest["wire"]["zero_point"]

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from coremltools.converters.mil.mil.types import nptype_from_builtin
 
 from dtconvert import mil_reference
 from dtconvert.mil_reference import (
@@ -26,8 +27,6 @@ from dtconvert.mil_reference import (
     load_program,
     program_ops,
 )
-from coremltools.converters.mil.mil.types import nptype_from_builtin
-
 from tests.conftest import artifact
 
 pytestmark = pytest.mark.coreml
@@ -130,7 +129,8 @@ def test_int8_static_computes_the_pt2e_program(static_package, quick_ckpt, fp32_
     import torch
 
     from dtconvert.checkpoint import build_model, load_checkpoint
-    from dtconvert.quantize import checkpoint_images, pt2e_quantize
+    from dtconvert.data import checkpoint_images
+    from dtconvert.quantize import pt2e_quantize
 
     ckpt = load_checkpoint(quick_ckpt)
     calibration, _ = checkpoint_images(ckpt, "train", 32)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from dtconvert.quantize import dequantize_wire, quantize_wire
 from dtconvert.targets.torchscript import load_decoder
+from dtconvert.wire import dequantize_wire, quantize_wire
 from tests.conftest import artifact, manifest_of
 
 pytestmark = pytest.mark.torchscript

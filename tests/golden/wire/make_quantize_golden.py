@@ -2,7 +2,7 @@
 
     python tests/golden/wire/make_quantize_golden.py
 
-``quantize/quantize.json`` holds cases of ``dtconvert.quantize.quantize_wire``: float32 encoder outputs
+``quantize/quantize.json`` holds cases of ``dtconvert.wire.quantize_wire``: float32 encoder outputs
 (as bit patterns, so no language has to round a decimal), a scale (also as float32 bits) and a
 zero point, and the int8 values every client must produce. The cases cover round-half-to-even
 ties, clamping at both ends (infinities included), and values whose float32 quotient ``x / scale``
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dtconvert.quantize import quantize_wire
+from dtconvert.wire import quantize_wire
 
 HERE = Path(__file__).parent
 
@@ -74,7 +74,7 @@ def main() -> None:
     ]
     text = json.dumps({
         "rule": "q = clamp(round_half_even(float32(x) / float32(scale)) + zero_point, -128, 127)",
-        "source": "dtconvert.quantize.quantize_wire",
+        "source": "dtconvert.wire.quantize_wire",
         "cases": cases,
     }, indent=1) + "\n"
     (HERE / "quantize").mkdir(exist_ok=True)
