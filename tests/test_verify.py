@@ -188,7 +188,7 @@ def test_bad_input_exits_2(int8_export, tmp_path, setup, message):
 
 
 def test_wire_quantization_rounds_half_to_even_and_clamps_by_hand():
-    from dtconvert.quantize import quantize_wire
+    from dtconvert.wire import quantize_wire
 
     # scale 0.5, zero point −2: x/scale = 0.5 → 0 (half to even), 1.5 → 2, 2.5 → 2, then + zp; ±100 clamp.
     x = np.array([0.25, 0.75, 1.25, -0.75, 100.0, -100.0, 63.0], dtype=np.float32)
