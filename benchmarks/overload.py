@@ -126,7 +126,7 @@ async def _probe_connection(host: str, port: int, request: bytes, deadline: floa
                 writer = None
             if status == 503:  # a polite client, as dtconvert client and the apps are: wait what the server asks
                 await asyncio.sleep(min(float(fields.get(b"retry-after", b"1")), 5.0))
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError, KeyError) as e:
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, OSError, KeyError) as e:
             failures.append(type(e).__name__)
             if writer is not None:
                 writer.close()
@@ -200,7 +200,7 @@ def rejected_by_reason(url: str) -> dict[str, int]:
 
 
 def main() -> None:
-    from tests.serving import running_server
+    from dtconvert.serve import running_server
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="Folder for the digits checkpoint and export (reused).")

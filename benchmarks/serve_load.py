@@ -14,6 +14,10 @@ server needs just the TorchScript decoder and the manifest). Then, on loopback:
 2. A bounded load test against the batching server: --load-requests requests at --concurrency;
    counts answers by status, errors and requests that never got an answer (target: zero and
    zero), and checks the server's own /metrics count agrees.
+3. The decoder alone, first, in this process before any server starts: the median time of one
+   `SharedCloud.decode` call (what the server's worker thread runs) at batch 1 and at --max-batch,
+   with the servers' decoder threads: what batching can save per image, and how long the queue
+   takes to drain.
 
 The load generator is asyncio on raw sockets (HTTP/1.1 keep-alive) in this process; it shares
 the machine's cores with the server, as a phone fleet's traffic would not, so absolute numbers
@@ -36,7 +40,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-sys.path.insert(0, str(ROOT / "tests"))
 
 
 async def _one_connection(host: str, port: int, requests: list[bytes], counter: list[int], total: int, latencies: list[float],
@@ -53,7 +56,7 @@ async def _one_connection(host: str, port: int, requests: list[bytes], counter: 
                 status = int(head.split(b" ", 2)[1])
                 length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
                 await asyncio.wait_for(reader.readexactly(length), 30)
-            except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError, StopIteration) as e:
+            except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, StopIteration) as e:
                 failures.append(type(e).__name__)
                 return
             latencies.append(time.perf_counter() - started)
@@ -116,6 +119,30 @@ def build_dt2m_export(work: Path) -> Path:
     return out
 
 
+def decoder_timings(export_dir: Path, batches: list[int], threads: int | None, calls: int = 200) -> dict[int, dict]:
+    """Median ms of one SharedCloud.decode call at each batch size, over `calls` calls after warm-up."""
+    import torch
+
+    from dtconvert.cloud import SharedCloud
+    from dtconvert.serve import default_threads
+
+    torch.set_num_threads(threads or default_threads())
+    cloud = SharedCloud([export_dir])
+    variant = next(iter(cloud.variants.values()))
+    cloud.warm_up(max(batches))
+    timings = {}
+    for batch in batches:
+        wire = np.random.default_rng(0).integers(-128, 128, (batch, *cloud.token_shape), dtype=np.int8)
+        seconds = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            cloud.decode(wire, [variant] * batch)
+            seconds.append(time.perf_counter() - started)
+        median_ms = float(np.median(seconds)) * 1000
+        timings[batch] = {"median_ms": round(median_ms, 3), "per_image_ms": round(median_ms / batch, 3)}
+    return timings
+
+
 def metric_count(url: str) -> float:
     import urllib.request
 
@@ -125,7 +152,7 @@ def metric_count(url: str) -> float:
 
 
 def main() -> None:
-    from tests.serving import running_server
+    from dtconvert.serve import running_server
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--export", type=Path, help="An export directory (default: a random-weight dt-2m, built here).")
@@ -141,6 +168,9 @@ def main() -> None:
 
     export_dir = args.export or build_dt2m_export(Path(tempfile.mkdtemp(prefix="dtconvert-serve-bench-")))
     body = wire_message(export_dir)
+    decoder = decoder_timings(export_dir, sorted({1, args.max_batch}), args.threads)
+    for batch, t in decoder.items():
+        print(f"decoder alone, batch {batch:>3}: {t['median_ms']:.3f} ms per call, {t['per_image_ms']:.3f} ms per image", flush=True)
     threads = ["--threads", str(args.threads)] if args.threads else []
     configs = {"batched": ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), *threads],
                "max-batch 1": ["--max-batch", "1", *threads]}
@@ -165,8 +195,9 @@ def main() -> None:
 
     manifest = json.loads((export_dir / "manifest.json").read_text())
     report = {
-        "machine": {"cpus": os.cpu_count()}, "threads": args.threads, "model": manifest["model"]["name"], "wire_shape": manifest["wire"]["shape"],
-        "message_bytes": len(body), "concurrency": args.concurrency, "rounds": rounds,
+        "machine": {"cpus": os.cpu_count()}, "threads": args.threads, "model": manifest["model"]["name"],
+        "wire_shape": manifest["wire"]["shape"], "message_bytes": len(body), "concurrency": args.concurrency,
+        "decoder_alone": decoder, "rounds": rounds,
         "summary": {name: {k: median(name, k) for k in ("requests_per_second", "p50_ms", "p95_ms")} for name in configs},
         "load_test": soak,
     }

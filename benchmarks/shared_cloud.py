@@ -8,7 +8,8 @@ exported for ExecuTorch (the server needs only the TorchScript decoder and the m
 with real `dtconvert serve` subprocesses on loopback:
 
 1. Memory: resident set (VmRSS of the server process) after warm-up and after the load, for a
-   server of digits-tune alone, of digits alone, and of both. Target: both ≤ 1.1× one.
+   server of digits-tune alone, of digits alone, and of both. Target: both ≤ 1.1× one. Beside
+   it, the size of each export's TorchScript decoder file (the manifest's `bytes`).
 2. Throughput, alternating rounds (one variant, two variants, one, two, …) so machine noise hits
    both alike: --requests requests from --concurrency keep-alive connections; the one-variant
    server gets digits-tune messages, the shared one digits and digits-tune messages in turn.
@@ -58,8 +59,13 @@ def metrics(url: str) -> dict[str, float]:
     return values
 
 
+def decoder_file_bytes(export_dir: Path) -> int:
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    return next(a["bytes"] for a in manifest["artifacts"] if a["part"] == "cloud" and a["target"] == "torchscript")
+
+
 def main() -> None:
-    from tests.serving import running_server
+    from dtconvert.serve import running_server
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True)
@@ -81,6 +87,8 @@ def main() -> None:
         if not (exports[name] / "manifest.json").is_file():
             run([EXE, "export", str(ckpt), "--target", "executorch", "--no-verify", "--out", str(exports[name])])
     bodies = {name: wire_message(d) for name, d in exports.items()}
+    decoder_bytes = {name: decoder_file_bytes(d) for name, d in exports.items()}
+    print("decoder files: " + ", ".join(f"{name} {size / 1000:.0f} kB" for name, size in decoder_bytes.items()), flush=True)
     servers = {"one variant (digits-tune)": ([exports["digits-tune"]], [bodies["digits-tune"]]),
                "shared (digits + digits-tune)": ([exports["digits"], exports["digits-tune"]], [bodies["digits"], bodies["digits-tune"]])}
 
@@ -124,9 +132,10 @@ def main() -> None:
           f"{'ok' if ratio >= 0.9 else 'MISS'}; mixed batches in every shared round: {mixed}; "
           f"0 errors and 0 lost in every round: {clean}")
     if args.json:
-        args.json.write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, "requests": args.requests, "concurrency": args.concurrency,
-                                         "memory": memory, "rounds": rounds, "median_requests_per_second": median,
-                                         "throughput_ratio": round(ratio, 3), "rss_ratio": round(rss_ratio, 3)}, indent=2) + "\n")
+        report = {"machine": {"cpus": os.cpu_count()}, "requests": args.requests, "concurrency": args.concurrency, "memory": memory,
+                  "decoder_bytes": decoder_bytes, "rounds": rounds, "median_requests_per_second": median,
+                  "throughput_ratio": round(ratio, 3), "rss_ratio": round(rss_ratio, 3)}
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 Concurrent requests, of any device variants, are decoded together: up to ``max_batch`` images,
 waiting at most ``max_wait_ms`` after the first one for more. One worker thread runs the decoder,
 so requests that arrive while it is busy form the next batch. ``pending`` counts the images
-accepted and not yet answered; the HTTP edge refuses new work (503) when it would exceed the
-queue's bound, so latency stays bounded under overload instead of growing with the backlog.
+accepted and not yet answered; a request that would take it past ``max_queue`` is refused at once
+(:class:`QueueFull`), so latency stays bounded under overload instead of growing with the backlog.
+Once stopping, the batcher finishes what it holds and refuses new work (:class:`ShuttingDown`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,21 @@ import numpy as np
 from dtconvert.cloud import SharedCloud, Variant
 
 
+class QueueFull(Exception):
+    """A request's images would put more than the queue's bound waiting for the decoder."""
+
+    def __init__(self, pending: int, limit: int) -> None:
+        super().__init__(f"the server is at capacity ({pending} images waiting for the decoder, limit {limit})")
+        self.pending, self.limit = pending, limit
+
+
+class ShuttingDown(Exception):
+    """The batcher is finishing the jobs it holds and takes no new ones."""
+
+    def __init__(self) -> None:
+        super().__init__("the server is shutting down; retry on another instance")
+
+
 @dataclass
 class _Job:
     wire: np.ndarray
@@ -28,16 +44,18 @@ class _Job:
 
 
 class MicroBatcher:
-    """``on_batch(owners)`` sees every batch's rows by variant (for the metrics)."""
+    """``max_queue``: most images waiting (None: no bound); ``on_batch(owners)`` sees every batch's
+    rows by variant (for the metrics)."""
 
-    def __init__(self, service: SharedCloud, max_batch: int, max_wait_ms: float, on_batch=None) -> None:
-        self.service, self.max_batch, self.max_wait = service, max_batch, max_wait_ms / 1000.0
+    def __init__(self, service: SharedCloud, max_batch: int, max_wait_ms: float, max_queue: int | None = None, on_batch=None) -> None:
+        self.service, self.max_batch, self.max_wait, self.max_queue = service, max_batch, max_wait_ms / 1000.0, max_queue
         self.on_batch = on_batch or (lambda owners: None)
         self.queue: asyncio.Queue[_Job] = asyncio.Queue()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dtconvert-decode")
         self.task: asyncio.Task | None = None
         self._carry: _Job | None = None
         self.pending = 0  # images accepted and not yet answered (queued, or in the decoder)
+        self.closing = False
 
     async def start(self) -> None:
         """Warm the decoder up in the worker thread that will run it, then start taking jobs."""
@@ -45,8 +63,14 @@ class MicroBatcher:
         await loop.run_in_executor(self.executor, self.service.warm_up, self.max_batch)
         self.task = loop.create_task(self._run())
 
+    def check_open(self) -> None:
+        """Raise ShuttingDown once stopping (a request asks first, before it reads its body)."""
+        if self.closing:
+            raise ShuttingDown()
+
     async def stop(self) -> None:
         """Finish every queued job, then stop the worker."""
+        self.closing = True
         while not self.queue.empty() or self._carry is not None:
             await asyncio.sleep(0.005)
         if self.task is not None:
@@ -58,6 +82,10 @@ class MicroBatcher:
         self.executor.shutdown(wait=True)
 
     async def submit(self, wire: np.ndarray, variant: Variant) -> tuple[list[list[np.ndarray]], dict]:
+        """Queue one message's rows for ``variant``; its rows' probabilities and timing come back.
+        Raises QueueFull at once, rather than answering late, when the queue cannot take them."""
+        if self.max_queue is not None and self.pending + len(wire) > self.max_queue:
+            raise QueueFull(self.pending, self.max_queue)
         job = _Job(wire, variant, asyncio.get_running_loop().create_future())
         self.pending += len(wire)
         try:

@@ -9,7 +9,8 @@ several variants hold bit-identical (a task device tuning froze) is loaded once.
 A batch may mix rows of several variants: each row is dequantized with its own variant's scale
 and zero point, the trunk runs once over the whole batch, and each variant's heads run on its
 own rows. Each variant keeps its model id (what a wire message names), wire scale and zero point,
-tasks and labels.
+tasks and labels. A message that fits no variant raises :class:`WireMismatch`, which says
+nothing of HTTP: the server's edge decides what status that is.
 """
 
 from __future__ import annotations
@@ -24,12 +25,20 @@ from dtconvert.errors import UserError, unloadable
 from dtconvert.wire import CONTENT_TYPE, WirePayload, header_size
 
 
-class RequestError(Exception):
-    """A client's mistake: answered with this status and message, counted by ``reason``."""
+class WireMismatch(Exception):
+    """A well-formed wire message that does not fit the model it names; ``field`` says where:
+    shape, scale, zero_point, task, or model_id (:class:`UnknownModel`)."""
 
-    def __init__(self, status: int, message: str, reason: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
-        self.status, self.message, self.reason, self.headers = status, message, reason, headers
+        self.field = field
+
+
+class UnknownModel(WireMismatch):
+    """A wire message names a model id this cloud does not serve."""
+
+    def __init__(self, model_id: str, served: list[str]) -> None:
+        super().__init__("model_id", f"model id {model_id} is not served here (serving {', '.join(served)})")
 
 
 @dataclass(eq=False)  # compared and hashed by identity: one object per served variant
@@ -93,20 +102,20 @@ class Variant:
         }
 
     def check(self, payload: WirePayload, task_names_by_bit: dict[int, set[str]]) -> list[str]:
-        """Raise RequestError (422) if a well-formed message does not fit this variant; return the tasks asked."""
+        """Raise WireMismatch if a well-formed message does not fit this variant; return the tasks asked."""
         shape = tuple(payload.tensor.shape)
         if len(shape) != 1 + len(self.token_shape) or shape[1:] != self.token_shape:
-            raise RequestError(422, f"wire shape {list(shape)} does not match the model's {['B', *self.token_shape]}", "shape")
+            raise WireMismatch("shape", f"wire shape {list(shape)} does not match the model's {['B', *self.token_shape]}")
         if payload.scale != self.scale:
-            raise RequestError(422, f"scale {payload.scale!r} is not model {self.model_id}'s wire scale {self.scale!r}", "scale")
+            raise WireMismatch("scale", f"scale {payload.scale!r} is not model {self.model_id}'s wire scale {self.scale!r}")
         if payload.zero_point != self.zero_point:
-            raise RequestError(422, f"zero_point {payload.zero_point} is not model {self.model_id}'s {self.zero_point}", "zero_point")
+            raise WireMismatch("zero_point", f"zero_point {payload.zero_point} is not model {self.model_id}'s {self.zero_point}")
         mask = payload.task_mask
         extra = [bit for bit in range(32) if mask >> bit & 1 and bit >= len(self.tasks)]
         if extra:
             named = sorted(task_names_by_bit.get(extra[0], set()))
             what = f"task {' or '.join(named)} (bit {extra[0]})" if named else f"task bit {extra[0]}"
-            raise RequestError(422, f"model {self.model_id} does not serve {what}; it serves {', '.join(self.tasks)}", "task")
+            raise WireMismatch("task", f"model {self.model_id} does not serve {what}; it serves {', '.join(self.tasks)}")
         return [t for i, t in enumerate(self.tasks) if mask == 0 or mask >> i & 1]
 
 
@@ -195,7 +204,7 @@ class SharedCloud:
     def variant(self, model_id: str) -> Variant:
         found = self.variants.get(model_id)
         if found is None:
-            raise RequestError(422, f"model id {model_id} is not served here (serving {', '.join(self.variants)})", "model_id")
+            raise UnknownModel(model_id, self.model_ids)
         return found
 
     def check(self, payload: WirePayload) -> tuple[Variant, list[str]]:

@@ -1,105 +1,13 @@
-"""Start the real ``dtconvert serve`` as a subprocess on a free loopback port, for tests.
+"""The real ``dtconvert serve`` as a subprocess on a free loopback port, for tests.
 
     with running_server(export_dir, "--max-batch", "8") as server:
         urllib.request.urlopen(server.url + "/healthz")
 
-The server is asked for port 0 and announces the port it got, so there is no race for a port.
-On exit it gets SIGTERM (a graceful shutdown) and must stop within the timeout.
+The launcher is the product's own (:mod:`dtconvert.serve.process`), which the benchmarks use too.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
-import threading
-import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
+from dtconvert.serve.process import ServerProcess, running_server
 
-ANNOUNCE = re.compile(r"on (https?://[\w.-]+:\d+) ")
-
-
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen
-    output: list[str] = field(default_factory=list)
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, then wait; return the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=timeout)
-
-    def log(self) -> str:
-        return "".join(self.output)
-
-
-def dtconvert_command() -> list[str]:
-    exe = Path(sys.executable).with_name("dtconvert")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "dtconvert.cli"]
-
-
-@contextmanager
-def running_server(export_dir: Path | list[Path], *args: str, timeout: float = 120.0, ssl_context=None):
-    """``export_dir``: one export, or a list of exports for one shared-cloud server; ``ssl_context``
-    trusts the server's certificate when it serves https."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    exports = [str(d) for d in export_dir] if isinstance(export_dir, (list, tuple)) else [str(export_dir)]
-    process = subprocess.Popen([*dtconvert_command(), "serve", *exports, "--host", "127.0.0.1", "--port", "0", *args],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    output: list[str] = []
-    found = threading.Event()
-    url: list[str] = []
-
-    def pump() -> None:  # keep reading so the server never blocks on a full pipe
-        for line in process.stdout:
-            output.append(line)
-            match = ANNOUNCE.search(line)
-            if match and not url:
-                url.append(match.group(1))
-                found.set()
-        found.set()
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    deadline = time.monotonic() + timeout
-    while not found.wait(0.1):
-        if time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"dtconvert serve did not announce its port within {timeout} s:\n{''.join(output)}")
-    if not url:
-        process.wait(timeout=10)
-        raise RuntimeError(f"dtconvert serve exited with {process.returncode}:\n{''.join(output)}")
-    server = Server(url[0], process, output)
-    try:
-        _wait_healthy(server, deadline, ssl_context)
-        yield server
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        reader.join(timeout=5)
-
-
-def _wait_healthy(server: Server, deadline: float, ssl_context=None) -> None:
-    import urllib.request
-
-    while True:
-        try:
-            with urllib.request.urlopen(server.url + "/healthz", timeout=5, context=ssl_context) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if server.process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"dtconvert serve never answered /healthz:\n{server.log()}")
-        time.sleep(0.05)
+__all__ = ["ServerProcess", "running_server"]

@@ -22,11 +22,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import manifest_of, run_cli
-from tests.serving import running_server
-
 from dtconvert.targets.torchscript import load_decoder
 from dtconvert.wire import encode_payload
+from tests.conftest import manifest_of, run_cli
+from tests.serving import running_server
 
 pytestmark = [pytest.mark.serve]
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,7 +84,8 @@ class Model:
         rows = []
         for i in range(len(tensor)):
             with torch.no_grad():
-                logits = self.decoder(torch.from_numpy(tensor[i : i + 1]), torch.tensor([self.scale]), torch.tensor([self.zero_point], dtype=torch.int32))
+                scale, zero_point = torch.tensor([self.scale]), torch.tensor([self.zero_point], dtype=torch.int32)
+                logits = self.decoder(torch.from_numpy(tensor[i : i + 1]), scale, zero_point)
             rows.append([torch.softmax(x, -1).numpy()[0] for x in logits])
         return [np.stack([r[t] for r in rows]) for t in range(len(self.tasks))]
 
@@ -253,6 +253,31 @@ def test_an_oversized_chunked_body_is_refused_without_reading_it_all(server, mod
     assert head.startswith(b"HTTP/1.1 413"), answer[:200]
     assert "over the limit" in json.loads(body)["error"]
     assert sent < 64 * 4096, "the server read the whole body before refusing it"
+
+
+def test_each_refusal_maps_to_one_status_in_one_place():
+    """The domain's errors carry no HTTP status; dtconvert.serve.errors.as_problem gives each one."""
+    from dtconvert.batching import QueueFull, ShuttingDown
+    from dtconvert.cloud import UnknownModel, WireMismatch
+    from dtconvert.serve.errors import REFUSALS, EdgeError, as_problem
+    from dtconvert.wire import WireFormatError
+
+    cases = {
+        EdgeError(415, "Content-Type must be ...", "content_type"): (415, "content_type"),
+        WireFormatError("bad magic"): (400, "wire_format"),
+        WireMismatch("shape", "wire shape [1, 9, 8] does not match"): (422, "shape"),
+        UnknownModel("00", ["a1"]): (422, "model_id"),
+        QueueFull(8, 8): (503, "overloaded"),
+        ShuttingDown(): (503, "shutting_down"),
+    }
+    assert set(REFUSALS) <= {type(e) for e in cases}
+    assert {e: (p.status, p.reason) for e in cases if (p := as_problem(e, retry_after=2))} == cases
+    overloaded = as_problem(QueueFull(8, 8), retry_after=2)
+    assert overloaded.headers == {"Retry-After": "2"} and overloaded.hold_seconds == 2
+    assert overloaded.message == "the server is at capacity (8 images waiting for the decoder, limit 8); retry after 2 s"
+    assert not any(hasattr(e, "status") for e in cases if not isinstance(e, EdgeError))  # the domain knows no HTTP
+    with pytest.raises(TypeError, match="not a refusal"):  # twin: any other error is the server's own fault (a 500)
+        as_problem(ValueError("a bug"), retry_after=2)
 
 
 def test_unknown_paths_and_methods_get_json_errors(server):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
 import shutil
 import socket
@@ -21,6 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -129,7 +129,7 @@ def _closed_within(sock: socket.socket, seconds: float) -> bool:
     sock.settimeout(seconds)
     try:
         return sock.recv(1024) == b""
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return False
     except ConnectionResetError:
         return True
@@ -187,11 +187,43 @@ def test_405_carries_allow(guarded_server):
     assert json.loads(response.read())["status"] == 405
 
 
+# ---- flags that set limits reach the running server ----------------------------------------------
+
+
+@pytest.mark.parametrize("spare, status", [(-1, 413), (0, 200)])
+def test_max_body_bytes_sets_the_body_limit(int8_export, spare, status):
+    """--max-body-bytes N, N one byte under a 2-image message: 413 before the body is read. The twin,
+    N = the message's length, decodes it. Both are far under the default limit (header + 32 images),
+    so the flag is what decides."""
+    model = Model(int8_export)
+    body = model.message(model.wire_int8[:2])
+    limit = len(body) + spare
+    with running_server(int8_export, "--max-body-bytes", str(limit)) as server:
+        assert f"body limit {limit} B" in server.log()
+        got, answer = post(server.url, body)
+    assert got == status, answer
+    if status == 413:
+        assert answer["error"] == f"body of {len(body)} bytes is over the limit of {limit} bytes"
+    else:
+        assert len(answer["predictions"]) == 2
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threads_sets_the_decoder_threads(int8_export, threads):
+    """--threads N: the serving process runs torch with N threads (its start-up line reports
+    torch.get_num_threads() after applying the flag). 2 and 3 are each other's twin, and at most
+    one of them is the default (cores − 1)."""
+    with running_server(int8_export, "--threads", str(threads)) as server:
+        reported = re.search(r" (\d+) decoder threads;", server.log())
+    assert reported is not None and int(reported.group(1)) == threads, server.log()
+
+
 # ---- the API description ------------------------------------------------------------------------
 
 
 def test_openapi_describes_the_wire_body_and_every_status(guarded_server):
     status, body = get(guarded_server.url, "/openapi.json")
+    assert status == 200
     document = json.loads(body)
     decode = document["paths"]["/v1/decode"]["post"]
     assert decode["requestBody"]["content"]["application/octet-stream"]["schema"] == {"type": "string", "format": "binary"}
@@ -318,8 +350,8 @@ def test_bad_tls_and_token_flags_exit_2(int8_export, certificate_authority, tmp_
 
 
 class _Scripted(BaseHTTPRequestHandler):
-    script: list[tuple[int, dict]] = []
-    seen: list[dict] = []
+    script: ClassVar[list[tuple[int, dict]]] = []
+    seen: ClassVar[list[dict]] = []
 
     def _answer(self):
         self.seen.append(dict(self.headers))

@@ -177,7 +177,7 @@ def _run_ensemble(repo, name: str, inputs: dict):
         with torch.no_grad():
             result = model(*args)
         results = result if isinstance(result, tuple) else (result,)
-        for output, value in zip(step_config.output, results):
+        for output, value in zip(step_config.output, results, strict=True):
             tensors[step.output_map[output.name]] = value
     return [tensors[o.name] for o in config.output]
 
