@@ -61,7 +61,7 @@ def main() -> None:
     precisions = args.precisions.split(",")
     exports = [work / f"export-{args.model}-{p}" for p in precisions]
     if not args.skip_export:
-        for export_dir, precision in zip(exports, precisions):
+        for export_dir, precision in zip(exports, precisions, strict=True):
             run([EXE, "export", str(ckpt), "--target", "all", "--precision", precision, "--no-verify", *calib, "--out", str(export_dir)])
     if args.skip_bench:
         return

@@ -112,17 +112,18 @@ def main() -> None:
         }
 
     print(f"machine: {report['machine']['cpus']} CPUs, torch {report['machine']['torch']}")
-    print(f"{'model':<8} {'target':<11} {'fp32 B':>10} {'int8 B':>10} {'int8/fp32':>10} {'target':>7}      {'int8-static B':>13} {'÷ fp32':>7}")
+    print(f"{'model':<8} {'target':<11} {'fp32 B':>10} {'int8 B':>10} {'int8/fp32':>10} {'target':>7}      "
+          f"{'int8-static B':>13} {'÷ fp32':>7}")
     for name, r in report["models"].items():
         for t, ratio in r["ratio"].items():
             verdict = "ok  " if ratio <= r["ratio_target"] else "MISS"
-            print(f"{name:<8} {t:<11} {r['bytes']['fp32'][t]:>10,} {r['bytes']['int8'][t]:>10,} {ratio:>10.3f} {'≤' + str(r['ratio_target']):>7} {verdict} "
-                  f"{r['bytes']['int8-static'][t]:>13,} {r['ratio_static'][t]:>7.3f}")
+            print(f"{name:<8} {t:<11} {r['bytes']['fp32'][t]:>10,} {r['bytes']['int8'][t]:>10,} {ratio:>10.3f} "
+                  f"{'≤' + str(r['ratio_target']):>7} {verdict} {r['bytes']['int8-static'][t]:>13,} {r['ratio_static'][t]:>7.3f}")
     for name, r in report["models"].items():
         c = r["communication"]
         verified = f" (int8 with verify: {r['export_with_verify_seconds']} s)" if r["export_with_verify_seconds"] else ""
-        print(f"{name}: export --target all --no-verify: int8 {r['export_seconds']['int8']} s, int8-static {r['export_seconds']['int8-static']} s, "
-              f"fp32 {r['export_seconds']['fp32']} s{verified}; "
+        print(f"{name}: export --target all --no-verify: int8 {r['export_seconds']['int8']} s, "
+              f"int8-static {r['export_seconds']['int8-static']} s, fp32 {r['export_seconds']['fp32']} s{verified}; "
               f"wire {c['wire_int8_bytes']:,} B/image vs device input {c['device_input_uint8_bytes']:,} B uint8"
               + (f", source image {c['source_image_uint8_bytes']:,} B" if "source_image_uint8_bytes" in c else "")
               + f", unpooled fp32 tokens {c['unpooled_fp32_token_bytes']:,} B (ratio {r['wire_over_unpooled_fp32']})")

@@ -10,8 +10,9 @@ import sys
 
 import pytest
 
-from dtconvert.bench import markdown_tables, parse_counts, time_interleaved, validate_report
+from dtconvert.bench import parse_counts, time_interleaved, validate_report
 from dtconvert.errors import UserError
+from dtconvert.report.bench import markdown_tables
 from tests.conftest import assert_one_line_error, manifest_of, run_cli
 
 pytestmark = [pytest.mark.executorch, pytest.mark.tflite]

@@ -77,6 +77,46 @@ def test_rows_follow_the_model_and_the_files(sweep_run):
         assert float(line["median_ms_b1"]) == pytest.approx(row["latency"]["1"]["median_ms"], abs=1e-5)
 
 
+@pytest.fixture(scope="module")
+def sweep_at_two_threads(tmp_path_factory):
+    """The cheapest sweep that times anything (one configuration, fp32 wire, batch 1), at --threads 2."""
+    folder = tmp_path_factory.mktemp("sweep-threads")
+    out = folder / "out"
+    done = run_cli("sweep", "digits", "--pool-at", "1+2+3", "--bottleneck", "8", "--wire", "fp32", "--epochs", "1",
+                   "--batch", "1", "--runs", "3", "--threads", "2", "--out", str(out), cwd=folder)
+    assert done.returncode == 0, done.stderr
+    return json.loads((out / "sweep.json").read_text())
+
+
+def _timed_at(report, threads: int) -> list[str]:
+    """Why the report's timing did not run at ``threads`` (empty when it did): the setting, and the
+    thread counts torch and ExecuTorch's threadpool reported back when the rows were timed."""
+    problems = []
+    if report["settings"]["threads"] != threads:
+        problems.append(f"settings.threads is {report['settings']['threads']}, not {threads}")
+    for runtime, effective in report["settings"]["threads_effective"].items():
+        if effective != threads:
+            problems.append(f"{runtime} ran at {effective} threads, not {threads}")
+    return problems
+
+
+@pytest.mark.cli
+def test_threads_reach_the_runtime_that_times_the_rows(sweep_at_two_threads):
+    report = sweep_at_two_threads
+    assert validate_sweep(report) == []
+    assert "--threads 2" in report["command"]
+    assert _timed_at(report, 2) == []
+    assert report["settings"]["threads_effective"] == {"torch": 2, "executorch": 2}
+    (row,) = report["rows"]
+    assert row["latency"]["1"]["runs"] == 3 and row["latency"]["1"]["median_ms"] > 0
+
+
+def test_twin_a_sweep_timed_at_another_thread_count_is_caught(sweep_at_two_threads, sweep_run):
+    assert len(_timed_at(sweep_at_two_threads, 1)) == 3  # the setting and both runtimes
+    assert _timed_at(sweep_run[1], 1) == []  # the default: one thread
+    assert _timed_at(sweep_run[1], 2) != []
+
+
 # ---- twins ------------------------------------------------------------------------------------------
 
 
