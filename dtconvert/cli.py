@@ -1,4 +1,4 @@
-"""The ``dtconvert`` command line.
+"""The ``dtconvert`` command line: each command parses its options and calls the module that does the work.
 
 Only typer and the standard library are imported at module level: ``dtconvert --help`` must
 answer instantly, so torch, TensorFlow, ExecuTorch and coremltools are imported inside the
@@ -7,11 +7,11 @@ commands that need them.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import typer
@@ -64,24 +64,6 @@ def main(
     """Split a Device Tuning model into an on-device encoder and a shared cloud decoder."""
 
 
-def bundled_recipe_dir() -> Path:
-    from importlib.resources import files
-
-    return Path(str(files("dtconvert.recipes")))
-
-
-def resolve_recipe(arg: str) -> Path:
-    """A path as given, or a bundled recipe by name ('digits' → recipes/digits.yaml)."""
-    path = Path(arg)
-    if path.exists() or path.suffix in (".yaml", ".yml") or "/" in arg:
-        return path
-    bundled = bundled_recipe_dir() / f"{arg}.yaml"
-    if bundled.is_file():
-        return bundled
-    names = ", ".join(sorted(p.stem for p in bundled_recipe_dir().glob("*.yaml")))
-    raise UserError(f"{arg}: no such recipe file or bundled recipe (bundled: {names})")
-
-
 @app.command()
 @user_errors
 def train(
@@ -100,48 +82,25 @@ def train(
 
     Example: dtconvert train recipes/digits.yaml --out runs/digits
     """
-    from dtconvert.recipe import TUNE_MODES, load_recipe
+    from dtconvert.recipe import TUNE_MODES, load_recipe, resolve_recipe
 
     r = load_recipe(resolve_recipe(recipe))
     if tune is not None and tune not in TUNE_MODES:
         raise UserError(f"--tune must be one of {', '.join(TUNE_MODES)}, got {tune!r}")
     if epochs is not None:
-        r.epochs = epochs
+        r = dataclasses.replace(r, epochs=epochs)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: --out exists and is not a directory")
 
     from dtconvert.output import console as make_console
+    from dtconvert.report.pipeline import print_metrics
     from dtconvert.train import train as run_training
 
     console = make_console(stderr=True)
     ckpt = run_training(r, out, init=init, tune=tune, console=console, show_progress=not quiet)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
-        _print_metrics(ckpt, title=f"{r.name}: held-out metrics")
+        print_metrics(ckpt, title=f"{r.name}: held-out metrics")
         typer.echo(f"wrote {out / 'ckpt.pt'}")
-
-
-def _print_metrics(ckpt: dict, title: str) -> None:
-    from rich.table import Table
-
-    from dtconvert.output import console as make_console
-
-    table = Table(title=title)
-    for column in ("task", "classes", "held-out accuracy", "GradNorm weight", "final train loss"):
-        table.add_column(column)
-    metrics = ckpt["metrics"]
-    for task in ckpt["tasks"]:
-        name = task["name"]
-        table.add_row(
-            name,
-            str(len(task["labels"])),
-            f"{metrics['heldout'][name]:.2%}",
-            f"{metrics.get('gradnorm_weights', {}).get(name, float('nan')):.3f}",
-            f"{metrics.get('train_loss', {}).get(name, float('nan')):.4f}",
-        )
-    make_console().print(table)
-    seconds = metrics.get("train_seconds")
-    if seconds is not None:
-        typer.echo(f"training took {seconds:.1f} s for {metrics.get('epochs')} epoch(s)")
 
 
 @app.command()
@@ -155,28 +114,15 @@ def info(
     Example: dtconvert info recipes/dt-2m.yaml --json
     """
     from dtconvert.describe import describe
+    from dtconvert.recipe import resolve_recipe
 
     report = describe(source if source.endswith(".pt") else str(resolve_recipe(source)))
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
-    from rich.table import Table
+    from dtconvert.report.pipeline import print_description
 
-    from dtconvert.output import console as make_console
-
-    table = Table(title=f"{report['kind']}: {report['source']}", show_header=False)
-    params = report["parameters"]
-    table.add_row(
-        "parameters",
-        f"device {params['device']:,} · cloud {params['cloud']:,} (heads {params['cloud_heads']:,}) · total {params['total']:,}",
-    )
-    table.add_row("tasks", ", ".join(f"{t['name']} ({t['classes']})" for t in report["tasks"]))
-    pre = report["preprocessing"]
-    table.add_row("device input", f"{report['input_shape']} {pre['layout']}, resize {pre['resize']}, mean {pre['mean']}, std {pre['std']}")
-    table.add_row("wire tensor", f"{report['wire']['shape']} → {report['wire']['int8_bytes_per_image']} bytes per image as int8")
-    if "metrics" in report:
-        table.add_row("held-out", ", ".join(f"{k} {v:.2%}" for k, v in report["metrics"]["heldout"].items()))
-    make_console().print(table)
+    print_description(report)
 
 
 @app.command()
@@ -204,25 +150,16 @@ def export(
     Example: dtconvert export runs/digits/ckpt.pt --target all --out export/ckpt
     """
     from dtconvert.export import ExportFailed, parse_targets, run_export
+    from dtconvert.report.pipeline import print_export_summary
+    from dtconvert.report.verify import verdict_of_export
 
     targets = parse_targets(target)
     try:
         export_dir, manifest = run_export(checkpoint, targets, precision=precision, calib=calib, out=out, verify=verify)
     except ExportFailed as e:
         _fail(f"{e} (full log: {e.log})", code=1)
-    _print_export_summary(export_dir, manifest)
-    verification = manifest["verification"]
-    if verification is not None and not verification["passed"]:
-        first = verification["failed"][0]
-        _fail(
-            f"verification failed ({len(verification['failed'])} checks; first: {first['artifact']} {first['runtime']} "
-            f"{first['check']}: {first['detail']}); run 'dtconvert verify {export_dir}' for the full table",
-            code=1,
-        )
-    if verification is not None:
-        typer.echo(
-            f"verified: {verification['checks']} checks passed on {verification['samples']} images ({_sets_text(verification['sets'])})"
-        )
+    print_export_summary(export_dir, manifest)
+    verdict_of_export(export_dir, manifest["verification"])
 
 
 @app.command("verify")
@@ -250,6 +187,7 @@ def verify_command(
     Example: dtconvert verify export/ckpt --json verify.json --junit verify.xml
     """
     from dtconvert.output import progress_console, third_party_log
+    from dtconvert.report.verify import print_verify, to_github, verdict
     from dtconvert.verify import verify_export, write_reports
 
     console = progress_console()
@@ -263,96 +201,9 @@ def verify_command(
             log=lambda line: console.print(line, highlight=False),
         )
     write_reports(report, json_report, junit)
-    _print_verify_table(report)
-    _report_to_github(report)
-    if not report.passed:
-        failed = [c for c in report.checks if not c.passed]
-        _fail(
-            f"{len(failed)} of {len(report.checks)} checks failed; "
-            f"first: {failed[0].artifact} {failed[0].runtime} {failed[0].check}: {failed[0].detail}",
-            code=1,
-        )
-    typer.echo(f"all {len(report.checks)} checks passed on {report.samples} images ({_sets_text(report.sets)})")
-
-
-def _sets_text(sets: dict) -> str:
-    return ", ".join(f"{n} {name}" for name, n in sets.items())
-
-
-def verify_table(report):
-    """verify's table: one row per check."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table(title=escape(f"dtconvert verify {report.export_dir}"))
-    for column in ("artifact", "runtime", "check", "result", "measured"):
-        table.add_column(column)
-    for c in report.checks:
-        table.add_row(
-            escape(c.artifact), escape(c.runtime), escape(c.check), "[green]pass[/]" if c.passed else "[red]FAIL[/]", escape(c.detail)
-        )
-    return table
-
-
-def _print_verify_table(report) -> None:
-    from dtconvert.output import console as make_console
-
-    console = make_console()
-    console.print(verify_table(report))
-    flips = flips_table(report)
-    if flips is not None:
-        console.print(flips)
-
-
-WORST_FLIPS = 5
-
-
-def flips_table(report):
-    """The worst disagreements with the fp32 model (largest fp32 margin first); --json lists all."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    rows = sorted(report.disagreements(), key=lambda r: -r[3]["fp32_margin"])
-    if not rows:
-        return None
-    near_ties = sum(d["near_tie"] for *_, d in rows)
-    table = Table(
-        title=f"{len(rows)} disagreements with the fp32 model ({near_ties} near-ties); the {min(WORST_FLIPS, len(rows))} "
-        "with the largest fp32 margin (--json lists every one)"
-    )
-    for column in ("artifact", "runtime", "task", "image", "fp32 → artifact", "fp32 margin", "artifact margin", "near-tie"):
-        table.add_column(column)
-    for artifact, runtime, task, d in rows[:WORST_FLIPS]:
-        table.add_row(
-            escape(artifact),
-            escape(runtime),
-            escape(task),
-            f"{d['set']} #{d['index']}",
-            f"{d['fp32_class']} → {d['artifact_class']}",
-            f"{d['fp32_margin']:.4f}",
-            f"{d['artifact_margin']:.4f}",
-            "yes" if d["near_tie"] else "[red]no[/]",
-        )
-    return table
-
-
-def _report_to_github(report) -> None:
-    """Under GitHub Actions: one ::error annotation per failed check, and a Markdown table of every
-    check appended to $GITHUB_STEP_SUMMARY (when the runner set it)."""
-    from dtconvert import output
-
-    if not output.on_github_actions():
-        return
-    manifest = str(Path(report.export_dir) / "manifest.json")
-    for line in output.github_annotations(report.checks, manifest):
-        typer.echo(line)
-    summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if summary:
-        try:
-            with open(summary, "a", encoding="utf-8") as f:
-                f.write(output.github_summary(report.checks, report.export_dir, report.samples, report.data))
-        except OSError as e:
-            typer.echo(f"warning: could not append to GITHUB_STEP_SUMMARY {summary}: {e.strerror}", err=True)
+    print_verify(report)
+    to_github(report)
+    verdict(report)
 
 
 @app.command()
@@ -396,8 +247,8 @@ def serve(
 
     Example: dtconvert serve export/digits export/digits-tune --port 8080
     """
-    from dtconvert.server import ServeOptions, read_token
-    from dtconvert.server import serve as run_server
+    from dtconvert.serve import ServeOptions, read_token
+    from dtconvert.serve import serve as run_server
 
     options = ServeOptions(
         max_batch=max_batch,
@@ -472,7 +323,8 @@ def client(
     from dtconvert.client import ServerError, client_images, run_client
     from dtconvert.manifest import load_manifest
     from dtconvert.output import console as make_console
-    from dtconvert.server import read_token
+    from dtconvert.report.pipeline import print_client_report
+    from dtconvert.serve import read_token
 
     console = make_console(stderr=True)
     token = read_token(token_file) if token_file is not None else None
@@ -485,59 +337,9 @@ def client(
         report = run_client(export_dir, target, url, pictures, labels, names, top_k=top_k, token=token, cafile=ca_file)
     except ServerError as e:
         _fail(str(e), code=1)
-    _print_client_report(report, manifest)
+    print_client_report(report, manifest)
     if json_report is not None:
-        from dtconvert.checkpoint import atomic_write
-
-        atomic_write(json_report, lambda tmp: tmp.write_text(json.dumps(report.to_json(), indent=2) + "\n"))
-
-
-def _print_client_report(report, manifest: dict) -> None:
-    from rich.table import Table
-
-    from dtconvert.output import console as make_console
-
-    tasks = [t["name"] for t in manifest["tasks"]]
-    console = make_console()
-    if len(report.images) <= 20:
-        table = Table(title=f"{report.runtime} → {report.url}")
-        for column in ("image", *tasks, "payload B", "device ms", "round trip ms"):
-            table.add_column(column, justify="right" if column[0] in "pdr" else "left")
-        for name, p, b, d, r in zip(report.images, report.predictions, report.payload_bytes, report.device_ms, report.rtt_ms, strict=True):
-            table.add_row(
-                name, *(f"{p[t][0]['label']} ({p[t][0]['score']:.2f})" if t in p else "-" for t in tasks), str(b), f"{d:.2f}", f"{r:.2f}"
-            )
-        console.print(table)
-    s = report.summary()
-    accuracy = ", ".join(f"{t} {a:.2%}" for t, a in s["accuracy"].items()) or "no labels"
-    typer.echo(
-        f"{s['images']} images via {report.runtime}: accuracy {accuracy}; payload {s['payload_bytes']} B/image; "
-        f"device p50 {s['device_ms']['p50']:.2f} ms; round trip p50 {s['rtt_ms']['p50']:.2f} ms, "
-        f"p95 {s['rtt_ms']['p95']:.2f} ms (server p50 {s['server_ms']['p50']:.2f} ms)"
-    )
-
-
-def _print_export_summary(export_dir: Path, manifest: dict) -> None:
-    from rich.table import Table
-
-    from dtconvert.output import console as make_console
-
-    table = Table(title=f"{export_dir}/manifest.json")
-    for column in ("artifact", "part", "target", "precision", "bytes"):
-        table.add_column(column, justify="right" if column == "bytes" else "left")
-    for a in manifest["artifacts"]:
-        table.add_row(a["path"], a["part"], a["target"], a["precision"], f"{a['bytes']:,}")
-    console = make_console()
-    console.print(table)
-    wire, comm = manifest["wire"], manifest["communication"]
-    line = (
-        f"wire tensor {wire['shape']} int8 (scale {wire['scale']:.5g}, zero point {wire['zero_point']}): "
-        f"{comm['wire_int8_bytes']:,} B/image vs {comm['device_input_uint8_bytes']:,} B uint8 device input"
-    )
-    if "source_image_uint8_bytes" in comm:
-        line += f", {comm['source_image_uint8_bytes']:,} B source image"
-    line += f", {comm['unpooled_fp32_token_bytes']:,} B unpooled fp32 tokens"
-    console.print(line, highlight=False)
+        report.write_json(json_report)
 
 
 @app.command()
@@ -552,158 +354,9 @@ def demo(
 
     Example: dtconvert demo
     """
-    from dtconvert.output import console as make_console
-    from dtconvert.recipe import load_recipe
+    from dtconvert.demo import run_demo
 
-    console = make_console(stderr=True)
-    base_path, tuned_path = out / "digits" / "ckpt.pt", out / "digits-tune" / "ckpt.pt"
-    base = _demo_checkpoint(
-        console,
-        load_recipe(bundled_recipe_dir() / "digits.yaml"),
-        base_path,
-        None,
-        retrain,
-        quiet,
-        "1. train digits (GradNorm over digit and odd)",
-    )
-    _print_metrics(base, title="digits: held-out metrics (fp32)")
-    tuned = _demo_checkpoint(
-        console,
-        load_recipe(bundled_recipe_dir() / "digits-tune.yaml"),
-        tuned_path,
-        base_path,
-        retrain,
-        quiet,
-        "2. device-tune digits-tune from it: a new task (mod3), the cloud trunk frozen",
-    )
-    _print_metrics(tuned, title="digits-tune: held-out metrics (fp32)")
-
-    exports = []
-    for step, (name, ckpt_path) in enumerate((("digits", base_path), ("digits-tune", tuned_path)), start=3):
-        console.rule(f"{step}. export {name}: int8 ExecuTorch, Core ML, TFLite + TorchScript decoder, then verify")
-        exports.append(_demo_export(console, ckpt_path, out / "export" / name))
-
-    from dtconvert.client import client_images, run_client
-    from dtconvert.output import third_party_log
-    from dtconvert.server import BackgroundServer
-
-    console.rule("5. one shared cloud serves both variants on loopback; the reference client sends every held-out digit")
-    reports = []
-    with BackgroundServer([d for d, _ in exports]) as server:
-        console.print(
-            f"dtconvert serve {' '.join(str(d) for d, _ in exports)} listening on {server.url} (one trunk, {len(exports)} variants)",
-            highlight=False,
-        )
-        for export_dir, manifest in exports:
-            images, labels, names = client_images(export_dir, manifest, None, None)
-            for target in ("executorch", "tflite"):
-                started = time.perf_counter()
-                with third_party_log(export_dir, f"demo client {target}"):  # the runtimes' own chatter
-                    reports.append((manifest, run_client(export_dir, target, server.url, images, labels, names)))
-                console.print(
-                    f"✓ {manifest['model']['name']} via {reports[-1][1].runtime}: {len(images)} requests "
-                    f"({time.perf_counter() - started:.1f} s)",
-                    highlight=False,
-                )
-        served_ids = server.service.model_ids
-    console.print("server stopped", highlight=False)
-    _print_demo_table([m for _, m in exports], reports)
-    typer.echo(
-        f"exports in {out / 'export'}; serve both with: dtconvert serve {' '.join(str(d) for d, _ in exports)} "
-        f"(model ids {', '.join(served_ids)})"
-    )
-
-
-def _demo_checkpoint(console, recipe, path: Path, init: Path | None, retrain: bool, quiet: bool, title: str) -> dict:
-    """Reuse ``path`` if it was trained from the same recipe (and, when tuned, from ``init`` as it is now); else train."""
-    from dtconvert.checkpoint import load_checkpoint, sha256_file
-    from dtconvert.train import train as run_training
-
-    if path.is_file() and not retrain:
-        try:
-            cached = load_checkpoint(path)
-        except UserError:
-            cached = None
-        same_init = init is None or (cached is not None and (cached.get("init") or {}).get("sha256") == sha256_file(init))
-        if cached is not None and cached.get("recipe") == recipe.to_dict() and same_init:
-            console.print(f"reusing {path} (same recipe; --retrain to train again)", highlight=False)
-            return cached
-    console.rule(title)
-    return run_training(recipe, path.parent, init=init, console=console, show_progress=not quiet)
-
-
-def _demo_export(console, ckpt_path: Path, out: Path) -> tuple[Path, dict]:
-    from dtconvert.export import ExportFailed, run_export
-    from dtconvert.targets import DEVICE_TARGETS
-
-    try:
-        export_dir, manifest = run_export(ckpt_path, list(DEVICE_TARGETS), out=out)
-    except ExportFailed as e:
-        _fail(f"{e} (full log: {e.log})", code=1)
-    _print_export_summary(export_dir, manifest)
-    verification = manifest["verification"]
-    if not verification["passed"]:
-        first = verification["failed"][0]
-        _fail(f"verification failed: {first['artifact']} {first['runtime']} {first['check']}: {first['detail']}", code=1)
-    console.print(
-        f"verified: all {verification['checks']} checks passed on {verification['samples']} images ({_sets_text(verification['sets'])})",
-        highlight=False,
-    )
-    return export_dir, manifest
-
-
-def _print_demo_table(manifests: list[dict], reports: list) -> None:
-    """One row per variant and path from pixels to predictions: accuracy per task, bytes sent, latency."""
-    from rich.table import Table
-
-    from dtconvert.output import console as make_console
-    from dtconvert.wire import header_size
-
-    tasks = list(dict.fromkeys(t["name"] for m in manifests for t in m["tasks"]))
-    samples = len(manifests[0]["data"]["heldout"])
-    table = Table(title=f"{samples} held-out digits: device encoder → int8 wire → one shared cloud decoder")
-    for column in ("variant", "path", *tasks, "bytes sent", "device ms", "round trip ms"):
-        table.add_column(column, justify="left" if column in ("variant", "path") else "right")
-
-    def cells(accuracy: dict) -> list[str]:
-        return [f"{accuracy[t]:.2%}" if accuracy.get(t) is not None else "—" for t in tasks]
-
-    for manifest in manifests:
-        name = manifest["model"]["name"]
-        for m, r in reports:
-            if m is manifest:
-                s = r.summary()
-                table.add_row(
-                    name,
-                    f"{r.runtime.split()[0]} → HTTP",
-                    *cells(s["accuracy"]),
-                    str(s["payload_bytes"]),
-                    f"{s['device_ms']['p50']:.2f}",
-                    f"{s['rtt_ms']['p50']:.1f} / {s['rtt_ms']['p95']:.1f}",
-                )
-        fp32 = None
-        for per_runtime in manifest["verification"]["metrics"].values():
-            for runtime, numbers in per_runtime.items():
-                fp32 = fp32 or {t: v.get("fp32_accuracy") for t, v in numbers["tasks"].items()}
-                if runtime.startswith(("MIL", "Core ML")):
-                    message = header_size(len(manifest["wire"]["shape"])) + manifest["wire"]["bytes_per_image"]
-                    table.add_row(
-                        name,
-                        f"Core ML ({runtime})*",
-                        *cells({t: v["accuracy"] for t, v in numbers["tasks"].items()}),
-                        str(message),
-                        "-",
-                        "-",
-                    )
-        if fp32 is not None:
-            table.add_row(name, "fp32, unsplit", *cells(fp32), "-", "-", "-")
-    make_console().print(table)
-    typer.echo(
-        "device ms and round trip ms are medians (p50 / p95 for the round trip); bytes sent = wire header + int8 tensor;\n"
-        "— : a task the variant does not have. Both variants' rows came from one server process holding one trunk.\n"
-        "* Core ML predicts only on Apple hardware: here its MIL program ran in dtconvert's reference interpreter, "
-        "in-process (dtconvert verify)."
-    )
+    run_demo(out, retrain, quiet)
 
 
 @app.command()
@@ -744,12 +397,12 @@ def bench(
     for export_dir in export_dirs:
         if not (export_dir / "manifest.json").is_file():
             raise UserError(f"{export_dir}: not an export directory (no manifest.json)")
-    from dtconvert.bench import how_lines, plot_report, rich_table, run_bench, validate_report, write_json
-    from dtconvert.output import console as make_console
-    from dtconvert.output import progress_console
+    from dtconvert.bench import run_bench, validate_report, write_json
+    from dtconvert.output import command_line, progress_console, with_native_log
+    from dtconvert.report.bench import present
 
     console = progress_console()
-    report = _quietly(
+    report = with_native_log(
         lambda: run_bench(
             export_dirs,
             thread_counts,
@@ -759,19 +412,14 @@ def bench(
             checkpoint=checkpoint,
             memory=memory,
             log=lambda line: console.print(line, highlight=False),
-            command=_command_line(),
+            command=command_line(),
         ),
         "bench",
     )
     problems = validate_report(report)
     if json_report is not None:
         write_json(report, json_report)
-    if plot is not None:
-        plot_report(report, plot)
-    make_console().print(rich_table(report))
-    for line in [*how_lines(report), *report["notes"]]:
-        typer.echo(f"note: {line}")
-    typer.echo(f"peak memory: {report['memory_measures']}")
+    present(report, plot)
     if problems:
         _fail(f"the report failed its own consistency check: {problems[0]}", code=1)
 
@@ -802,19 +450,17 @@ def sweep(
     Example: dtconvert sweep digits --pool-at none,1,1+2,1+2+3 --bottleneck 8,16 --epochs 20 --out sweep/digits
     """
     from dtconvert.bench import parse_counts
-    from dtconvert.sweep import parse_bottleneck, parse_pool_at, parse_wire
+    from dtconvert.output import command_line, progress_console, with_native_log
+    from dtconvert.recipe import load_recipe, resolve_recipe
+    from dtconvert.report.sweep import markdown_table, write_files
+    from dtconvert.sweep import parse_bottleneck, parse_pool_at, parse_wire, run_sweep
 
     pool_ats = None if pool_at is None else parse_pool_at(pool_at)
     bottlenecks = None if bottleneck is None else parse_bottleneck(bottleneck)
-    wires, batches = parse_wire(wire), parse_counts(batch, "--batch")
-    recipe_path = resolve_recipe(recipe)
-    from dtconvert.output import progress_console
-    from dtconvert.recipe import load_recipe
-    from dtconvert.sweep import markdown_table, run_sweep
-
+    wires, batches, recipe_path = parse_wire(wire), parse_counts(batch, "--batch"), resolve_recipe(recipe)
     out = out if out is not None else Path("sweep") / load_recipe(recipe_path).name
     console = progress_console()
-    report = _quietly(
+    report = with_native_log(
         lambda: run_sweep(
             recipe_path,
             pool_ats,
@@ -827,43 +473,13 @@ def sweep(
             threads=threads,
             calib=calib,
             log=lambda line: console.print(line, highlight=False),
-            command=_command_line(),
+            command=command_line(),
+            render=write_files,
         ),
         "sweep",
     )
     typer.echo(markdown_table(report), nl=False)
     typer.echo(f"wrote {out}/sweep.json, sweep.csv, sweep.md, sweep.png and configs/")
-
-
-def _command_line() -> str | None:
-    """The command as the user typed it, for the record in a report (None when not run from a shell)."""
-    import shlex
-
-    if not sys.argv or Path(sys.argv[0]).name not in ("dtconvert", "cli.py"):
-        return None
-    return " ".join(["dtconvert", *(shlex.quote(a) for a in sys.argv[1:])])
-
-
-def _quietly(work, name: str):
-    """Run ``work`` with file descriptors 1 and 2 (runtimes' and converters' native chatter) in a log
-    that is deleted on success and named on an unexpected failure."""
-    import tempfile
-
-    from dtconvert.export import _redirect_fds
-
-    fd, log = tempfile.mkstemp(prefix=f"dtconvert-{name}-", suffix=".log")
-    os.close(fd)
-    try:
-        with _redirect_fds(Path(log), name):
-            result = work()
-    except UserError:
-        os.unlink(log)
-        raise
-    except BaseException:
-        typer.echo(f"{name} failed; the runtimes' own output is in {log}", err=True)
-        raise
-    os.unlink(log)
-    return result
 
 
 def run() -> None:

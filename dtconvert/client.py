@@ -18,9 +18,10 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from dtconvert.errors import UserError, unloadable
+from dtconvert.targets import PRIMARY_RUNTIME, Run, load_target, runtime_label
 from dtconvert.wire import CONTENT_TYPE
 
-CLIENT_TARGETS = {"executorch": "ExecuTorch XNNPACK", "tflite": "LiteRT XNNPACK"}
+CLIENT_TARGETS = ("executorch", "tflite")  # the runtimes the demo apps use (Core ML predicts only on Apple platforms)
 
 
 class ServerError(Exception):
@@ -161,6 +162,12 @@ class ClientReport:
             "server_ms": {"p50": pct(self.server_ms, 50), "p95": pct(self.server_ms, 95)},
         }
 
+    def write_json(self, path: Path) -> None:
+        """Every prediction and timing to ``path`` (written whole or not at all)."""
+        from dtconvert.checkpoint import atomic_write
+
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n"))
+
     def to_json(self) -> dict:
         return {
             "summary": self.summary(),
@@ -171,7 +178,7 @@ class ClientReport:
         }
 
 
-def device_runner(export_dir: Path, manifest: dict, target: str):
+def device_runner(export_dir: Path, manifest: dict, target: str) -> Run:
     """The device artifact for ``target`` in its runtime: a function (1, C, H, W) → float wire."""
     if target not in CLIENT_TARGETS:
         raise UserError(f"--target must be one of {', '.join(CLIENT_TARGETS)}, got {target!r} (Core ML runs only on iOS/macOS)")
@@ -183,29 +190,21 @@ def device_runner(export_dir: Path, manifest: dict, target: str):
     if not path.exists():
         raise UserError(f"{path}: the device artifact the manifest lists is missing")
     try:
-        if target == "executorch":
-            from dtconvert.targets import load_target
-
-            run = load_target("executorch").runner(path)
-        else:
-            from dtconvert.targets.tflite import make_runner
-
-            run = make_runner(path)
+        run = load_target(target).runner(path)
         run(np.zeros(manifest["device_input"]["shape"], dtype=np.float32))  # some runtimes fail only on the first call
     except Exception as e:  # noqa: BLE001  the runtime raises anything on bytes it cannot load: reported as a broken export
-        raise unloadable(path, CLIENT_TARGETS[target], e) from None
+        raise unloadable(path, runtime_label(PRIMARY_RUNTIME[target]), e) from None
     return run
 
 
 def client_images(export_dir: Path, manifest: dict, folder: Path | None, digits: int | None):
     """(images (N, C, H, W) float32, labels (N, tasks) or None, names) as the apps would preprocess them."""
-    from dtconvert.verify import heldout_data
+    from dtconvert.evaluation import folder_labels, heldout_images
 
     if folder is not None:
         import torch
 
         from dtconvert.data import IMAGE_SUFFIXES, image_files, load_image_file, normalize
-        from dtconvert.verify import _folder_labels
 
         files = image_files(folder)
         if not files:
@@ -213,8 +212,8 @@ def client_images(export_dir: Path, manifest: dict, folder: Path | None, digits:
         pre = manifest["device_input"]["preprocessing"]
         unit = torch.cat([load_image_file(f, pre["size"][0], pre["channels"], pre["resize"]) for f in files])
         images = normalize(unit, pre["mean"], pre["std"]).numpy().astype(np.float32)
-        return images, _folder_labels(folder, manifest), [str(f.relative_to(folder)) for f in files]
-    images, labels, _ = heldout_data(manifest, None, True, digits)
+        return images, folder_labels(folder, manifest), [str(f.relative_to(folder)) for f in files]
+    images, labels = heldout_images(manifest, digits)
     index = manifest["data"]["heldout"]
     return images, labels, [f"held-out #{i}" for i in index[: len(images)]]
 
@@ -232,8 +231,7 @@ def run_client(
     cafile: Path | None = None,
 ) -> ClientReport:
     from dtconvert.manifest import load_manifest
-    from dtconvert.quantize import quantize_wire
-    from dtconvert.wire import encode_payload
+    from dtconvert.wire import encode_payload, quantize_wire
 
     manifest = load_manifest(export_dir)
     run = device_runner(export_dir, manifest, target)
@@ -247,7 +245,7 @@ def run_client(
                 f"{url} serves model {', '.join(served)}, but {export_dir} is model {model_id}; "
                 "start the server on this export (several exports may share one server)"
             )
-        report = ClientReport(target, CLIENT_TARGETS[target], url, names)
+        report = ClientReport(target, runtime_label(PRIMARY_RUNTIME[target]), url, names)
         tasks = [t["name"] for t in manifest["tasks"]]
         for i in range(len(images)):
             started = time.perf_counter()

@@ -16,3 +16,9 @@ def unloadable(path, runtime: str, error: BaseException) -> UserError:
         f"{path}: {runtime} cannot load it ({reason[:200]}); its sha256 matches the manifest, so the export "
         "itself is broken: export it again"
     )
+
+
+class CheckFailed(UserError):
+    """A check the user asked for failed (the parity gate, an export's verification): one sentence, exit 1."""
+
+    exit_code = 1

@@ -1,4 +1,4 @@
-"""Console output that reads whole in a terminal and in a CI log.
+"""Console plumbing: output that reads whole in a terminal and a CI log, and native chatter kept in logs.
 
 rich sizes everything to the terminal; with stdout piped (a CI log, ``| tee``) it falls back to
 80 columns and then ellipsizes table cells and wraps long lines, so a log reader cannot tell
@@ -6,9 +6,8 @@ which artifact failed. Off a terminal, :func:`console` therefore lays out at a w
 reaches (tables render at their natural width, lines are never broken) without colour, and
 :meth:`LogConsole.rule` draws a short rule instead of one as wide as that.
 
-Under GitHub Actions (``GITHUB_ACTIONS=true``), :func:`github_annotations` and
-:func:`github_summary` turn verify's failed checks into ``::error`` workflow commands and a
-Markdown table for ``$GITHUB_STEP_SUMMARY``.
+Converters and runtimes write to file descriptors 1 and 2 from native code; the context
+managers here send that to a log (or drop it) so the user sees dtconvert's own lines.
 """
 
 from __future__ import annotations
@@ -16,15 +15,13 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, TextIO
+from typing import IO, Any, TextIO, TypeVar
 
 from rich.console import Console
 
-if TYPE_CHECKING:
-    from dtconvert.verify import Check
-
+T = TypeVar("T")
 LOG_WIDTH = 100_000  # wider than any record; tables still render only as wide as their content
 RULE_WIDTH = 100
 
@@ -56,54 +53,6 @@ def on_github_actions() -> bool:
     return os.environ.get("GITHUB_ACTIONS") == "true"
 
 
-def _escape_data(text: str) -> str:
-    """Workflow-command message escaping (GitHub's toolkit: core/src/command.ts escapeData)."""
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def _escape_property(text: str) -> str:
-    """Workflow-command property escaping (escapeProperty): also ':' and ','."""
-    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
-
-
-def github_annotations(checks: list[Check], manifest: str) -> list[str]:
-    """One ``::error`` line per failed check: artifact, runtime, check, and the measured value
-    against its bound (the check's detail), anchored on the export's manifest."""
-    lines = []
-    for c in checks:
-        if c.passed:
-            continue
-        title = f"dtconvert verify: {c.artifact} ({c.runtime})"
-        lines.append(
-            f"::error file={_escape_property(manifest)},title={_escape_property(title)}::"
-            + _escape_data(f"{c.artifact} · {c.runtime} · {c.check}: {c.detail}")
-        )
-    return lines
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def github_summary(checks: list[Check], export_dir: str, samples: int, data: str) -> str:
-    """A Markdown section for ``$GITHUB_STEP_SUMMARY``: failed checks first, then every check."""
-    failed = [c for c in checks if not c.passed]
-    verdict = f"**{len(failed)} of {len(checks)} checks failed**" if failed else f"all {len(checks)} checks passed"
-    lines = [
-        f"### dtconvert verify `{export_dir}`",
-        "",
-        f"{verdict} on {samples} images ({_cell(data)})",
-        "",
-        "| | artifact | runtime | check | measured |",
-        "|---|---|---|---|---|",
-    ]
-    for c in sorted(checks, key=lambda c: c.passed):
-        lines.append(
-            f"| {'✅' if c.passed else '❌'} | `{_cell(c.artifact)}` | {_cell(c.runtime)} | {_cell(c.check)} | {_cell(c.detail)} |"
-        )
-    return "\n".join(lines) + "\n\n"
-
-
 @contextlib.contextmanager
 def redirected_fds(target: IO) -> Iterator[None]:
     """Point file descriptors 1 and 2 (Python's and native code's output alike) at ``target``, an
@@ -122,6 +71,16 @@ def redirected_fds(target: IO) -> Iterator[None]:
         os.dup2(saved[1], 2)
         os.close(saved[0])
         os.close(saved[1])
+
+
+@contextlib.contextmanager
+def logged_fds(log_path: Path, label: str) -> Iterator[None]:
+    """Append file descriptors 1 and 2 (Python and C++ alike) to ``log_path`` under a header, for the duration."""
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"\n===== {label} =====\n")
+        log.flush()
+        with redirected_fds(log):
+            yield
 
 
 @contextlib.contextmanager
@@ -160,3 +119,34 @@ def third_party_log(export_dir: Path, label: str) -> Iterator[Path]:
         log.flush()
         with redirected_fds(log):
             yield path
+
+
+def command_line() -> str | None:
+    """The command as the user typed it, for the record in a report (None when not run from a shell)."""
+    import shlex
+
+    if not sys.argv or Path(sys.argv[0]).name not in ("dtconvert", "cli.py"):
+        return None
+    return " ".join(["dtconvert", *(shlex.quote(a) for a in sys.argv[1:])])
+
+
+def with_native_log(work: Callable[[], T], name: str) -> T:
+    """Run ``work`` with file descriptors 1 and 2 (runtimes' and converters' native chatter) in a log
+    that is deleted on success and named on an unexpected failure."""
+    import tempfile
+
+    from dtconvert.errors import UserError
+
+    fd, log = tempfile.mkstemp(prefix=f"dtconvert-{name}-", suffix=".log")
+    os.close(fd)
+    try:
+        with logged_fds(Path(log), name):
+            result = work()
+    except UserError:
+        os.unlink(log)
+        raise
+    except BaseException:
+        print(f"{name} failed; the runtimes' own output is in {log}", file=sys.stderr)
+        raise
+    os.unlink(log)
+    return result

@@ -1,8 +1,8 @@
 """The CLI as a user runs it: a real subprocess for the console script, CliRunner for the rest."""
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 
@@ -114,6 +114,36 @@ def test_demo_serves_both_variants_from_one_cloud(digits_ckpt, tuned_ckpt, tmp_p
             want = [f"{numbers['tasks'][t]['accuracy']:.2%}" if t in tasks else "—" for t in ("digit", "odd", "mod3")]
             assert cells == want, (variant, path, cells, want)
     assert "server stopped" in result.stderr
+
+
+class _Trained(Exception):
+    """Raised instead of training: which recipe demo chose to train."""
+
+
+def _demo_trains(tmp_path, digits_ckpt, monkeypatch, *flags) -> tuple[str, str]:
+    """Run demo on a folder holding the digits checkpoint; stop at the first training. (recipe trained, stderr)."""
+    (tmp_path / "digits").mkdir(exist_ok=True)
+    (tmp_path / "digits" / "ckpt.pt").write_bytes(digits_ckpt.read_bytes())
+
+    def stop(recipe, *args, **kwargs):
+        raise _Trained(recipe.name)
+
+    monkeypatch.setattr("dtconvert.train.train", stop)
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "-q", *flags])
+    assert isinstance(result.exception, _Trained), result.output
+    return str(result.exception), result.output
+
+
+@pytest.mark.cli
+def test_demo_retrain_trains_again_though_the_checkpoint_fits(digits_ckpt, tmp_path, monkeypatch):
+    trained, output = _demo_trains(tmp_path, digits_ckpt, monkeypatch, "--retrain")
+    assert trained == "digits" and "reusing" not in output
+
+
+@pytest.mark.cli
+def test_twin_demo_without_retrain_reuses_the_fitting_checkpoint(digits_ckpt, tmp_path, monkeypatch):
+    trained, output = _demo_trains(tmp_path, digits_ckpt, monkeypatch)
+    assert trained == "digits-tune" and f"reusing {tmp_path / 'digits' / 'ckpt.pt'}" in output
 
 
 def _evil(path, marker):

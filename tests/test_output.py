@@ -15,6 +15,7 @@ import pytest
 from rich.console import Console
 
 from dtconvert import output
+from dtconvert.report.verify import github_annotations
 from dtconvert.verify import Check, Report
 from tests.conftest import RECIPES, manifest_of, run_cli
 
@@ -60,7 +61,7 @@ def test_piped_verify_names_every_failing_artifact_whole_on_one_line(piped_verif
 
 def test_twin_an_80_column_console_cuts_the_same_table(piped_verify):
     """What the CLI printed before: rich's 80-column fallback off a terminal loses artifact names."""
-    from dtconvert.cli import verify_table
+    from dtconvert.report.verify import verify_table
 
     _, report, _ = piped_verify
     checks = [Check(**c) for c in report["checks"]]
@@ -104,7 +105,7 @@ def test_twin_no_annotations_or_summary_outside_github_actions(failing_export, t
 
 def test_annotation_escaping_keeps_one_line_per_check():
     check = Check("a,b:c.pte", "LiteRT", "wire", False, "100% off\nsecond line")
-    [line] = output.github_annotations([check, Check("ok.pte", "x", "y", True, "fine")], "out/manifest.json")
+    [line] = github_annotations([check, Check("ok.pte", "x", "y", True, "fine")], "out/manifest.json")
     assert line == ("::error file=out/manifest.json,title=dtconvert verify%3A a%2Cb%3Ac.pte (LiteRT)::"
                     "a,b:c.pte · LiteRT · wire: 100%25 off%0Asecond line")
     assert "\n" not in line
