@@ -26,6 +26,7 @@ thread each); results are kept in WORK, so an interrupted run picks up where it 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -95,12 +96,8 @@ def recipe_for(model: str, seed: int):
     if model in ("digits", "digits-tune"):
         recipe = load_recipe(RECIPES / f"{model}.yaml")
     else:
-        recipe = load_recipe(RECIPES / "digits.yaml")
-        for key, value in SHAPES[model].items():
-            setattr(recipe, key, value)
-        recipe.name = model
-    recipe.seed = seed
-    return recipe
+        recipe = dataclasses.replace(load_recipe(RECIPES / "digits.yaml"), **SHAPES[model], name=model)
+    return dataclasses.replace(recipe, seed=seed)
 
 
 def healthy(work: Path, model: str, seed: int) -> dict:

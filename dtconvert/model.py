@@ -21,15 +21,15 @@ explicit ``softmax(q @ kᵀ · scale) @ v``, pooling as the mean of the two halv
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """Architecture of a Device Tuning model; everything needed to rebuild it from a checkpoint."""
+class Architecture:
+    """The architecture's fields, declared once: a recipe sets them, a :class:`ModelConfig` carries them."""
 
     image_size: int = 16
     in_channels: int = 1
@@ -43,11 +43,24 @@ class ModelConfig:
     cloud_depth: int = 2
     cloud_heads: int = 4
     mlp_ratio: float = 2.0
-    tasks: tuple[tuple[str, int], ...] = (("digit", 10), ("odd", 2))  # (name, classes)
 
     def __post_init__(self) -> None:
         # Normalise lists (from YAML or a checkpoint) to tuples so configs compare and hash.
         object.__setattr__(self, "pool_at", tuple(int(i) for i in self.pool_at))
+
+    def architecture(self) -> dict:
+        """The architecture's fields and their values."""
+        return {f.name: getattr(self, f.name) for f in fields(Architecture)}
+
+
+@dataclass(frozen=True)
+class ModelConfig(Architecture):
+    """Architecture of a Device Tuning model and its tasks; everything needed to rebuild it from a checkpoint."""
+
+    tasks: tuple[tuple[str, int], ...] = (("digit", 10), ("odd", 2))  # (name, classes)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         object.__setattr__(self, "tasks", tuple((str(n), int(c)) for n, c in self.tasks))
 
     @property

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dtconvert.errors import UserError
-from dtconvert.model import ModelConfig
+from dtconvert.model import Architecture, ModelConfig
 
 # Class counts of the tasks the bundled digits source can label.
 DIGITS_TASKS = {"digit": 10, "odd": 2, "mod3": 3, "high": 2}
@@ -22,8 +22,11 @@ DATA_SOURCES = ("digits", "imagefolder")
 TUNE_MODES = ("none", "device")
 
 
-@dataclass
-class Recipe:
+@dataclass(frozen=True, kw_only=True)
+class Recipe(Architecture):
+    """A recipe: its data source and tasks, the preprocessing, the architecture (inherited: declared
+    once, in :class:`~dtconvert.model.Architecture`) and the training schedule."""
+
     name: str
     # data
     data: str = "digits"
@@ -32,23 +35,10 @@ class Recipe:
     tasks: list[str] = field(default_factory=lambda: ["digit", "odd"])
     task_classes: list[int] | None = None  # required for imagefolder; derived for digits
     heldout_fraction: float = 0.2
-    # preprocessing (device input)
-    image_size: int = 16
-    in_channels: int = 1
+    # preprocessing (device input); image_size and in_channels are architecture fields
     resize: str = "bilinear"
     mean: list[float] = field(default_factory=lambda: [0.5])
     std: list[float] = field(default_factory=lambda: [0.5])
-    # model
-    patch_size: int = 2
-    device_dim: int = 64
-    device_depth: int = 3
-    device_heads: int = 4
-    pool_at: list[int] = field(default_factory=lambda: [1, 2])
-    bottleneck: int = 0
-    cloud_dim: int = 64
-    cloud_depth: int = 2
-    cloud_heads: int = 4
-    mlp_ratio: float = 2.0
     # training
     epochs: int = 30
     batch_size: int = 64
@@ -64,21 +54,7 @@ class Recipe:
     tune: str = "none"  # "device": freeze the cloud trunk, train the device half + new task heads
 
     def model_config(self) -> ModelConfig:
-        return ModelConfig(
-            image_size=self.image_size,
-            in_channels=self.in_channels,
-            patch_size=self.patch_size,
-            device_dim=self.device_dim,
-            device_depth=self.device_depth,
-            device_heads=self.device_heads,
-            pool_at=tuple(self.pool_at),
-            bottleneck=self.bottleneck,
-            cloud_dim=self.cloud_dim,
-            cloud_depth=self.cloud_depth,
-            cloud_heads=self.cloud_heads,
-            mlp_ratio=self.mlp_ratio,
-            tasks=tuple(zip(self.tasks, self.resolved_task_classes(), strict=True)),
-        )
+        return ModelConfig(**self.architecture(), tasks=tuple(zip(self.tasks, self.resolved_task_classes(), strict=True)))
 
     def resolved_task_classes(self) -> list[int]:
         if self.data == "digits" and self.task_classes is None:
@@ -99,7 +75,7 @@ class Recipe:
         }
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "pool_at": list(self.pool_at)}
 
 
 def _type_ok(value: object, annotation: object) -> bool:
@@ -112,6 +88,9 @@ def _type_ok(value: object, annotation: object) -> bool:
     if origin is list:
         (item,) = typing.get_args(annotation)
         return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is tuple:  # tuple[int, ...]: a YAML list
+        item = typing.get_args(annotation)[0]
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, item) for v in value)
     if annotation is bool:
         return isinstance(value, bool)
     if annotation is int:
@@ -195,3 +174,21 @@ def load_recipe(path: str | Path) -> Recipe:
     else:
         name = path.stem
     return parse_recipe(raw, str(path), name)
+
+
+def bundled_recipe_dir() -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("dtconvert.recipes")))
+
+
+def resolve_recipe(arg: str) -> Path:
+    """A path as given, or a bundled recipe by name ('digits' → recipes/digits.yaml)."""
+    path = Path(arg)
+    if path.exists() or path.suffix in (".yaml", ".yml") or "/" in arg:
+        return path
+    bundled = bundled_recipe_dir() / f"{arg}.yaml"
+    if bundled.is_file():
+        return bundled
+    names = ", ".join(sorted(p.stem for p in bundled_recipe_dir().glob("*.yaml")))
+    raise UserError(f"{arg}: no such recipe file or bundled recipe (bundled: {names})")

@@ -95,13 +95,11 @@ def _prepare_tuning(recipe: Recipe, cfg: ModelConfig, init_path: Path) -> tuple[
     """Check an init checkpoint fits the recipe; return it and its state dict."""
     init = load_checkpoint(init_path)
     init_cfg = model_config_of(init, init_path)
-    differ = [k for k, v in cfg.to_dict().items() if k != "tasks" and init_cfg.to_dict()[k] != v]
+    theirs, ours = init_cfg.to_dict(), cfg.to_dict()  # plain lists, as the message shows them
+    differ = [k for k in cfg.architecture() if theirs[k] != ours[k]]
     if differ:
         k = differ[0]
-        raise UserError(
-            f"{init_path}: its {k} is {init_cfg.to_dict()[k]!r} but recipe {recipe.name} says {cfg.to_dict()[k]!r}; "
-            "tuning keeps the architecture"
-        )
+        raise UserError(f"{init_path}: its {k} is {theirs[k]!r} but recipe {recipe.name} says {ours[k]!r}; tuning keeps the architecture")
     new_tasks = dict(cfg.tasks)
     for name, classes in init_cfg.tasks:
         if new_tasks.get(name) != classes:
@@ -126,130 +124,23 @@ def train(
     init_ckpt, init_state = (None, None)
     if init is not None:
         init_ckpt, init_state = _prepare_tuning(recipe, cfg, Path(init))
-
     data = load_task_data(recipe)
-    if init_ckpt is not None:
-        # Evaluate on exactly the images the init checkpoint held out.
-        split = init_ckpt["data"]["split"]
-        if init_ckpt["data"]["source"].get("images") != len(data):
-            raise UserError(
-                f"{init}: was trained on {init_ckpt['data']['source'].get('images')} images, recipe {recipe.name}'s data has {len(data)}"
-            )
-        train_idx, heldout_idx = list(split["train"]), list(split["heldout"])
-        split_seed, heldout_fraction = split["seed"], split["heldout_fraction"]
-    else:
-        split_seed, heldout_fraction = 0, recipe.heldout_fraction
-        train_idx, heldout_idx = stratified_split(data.labels, heldout_fraction, split_seed)
+    split = _split(recipe, data, init_ckpt, init)
 
     rank, world, device = _distributed()
     torch.manual_seed(recipe.seed)
     model = DeviceTuningModel(cfg)
-    new_tasks = [name for name, _ in cfg.tasks]
-    if init_state is not None:
-        missing, unexpected = model.load_state_dict(init_state, strict=False)
-        assert not unexpected, unexpected  # _prepare_tuning checked tasks are a superset
-        new_tasks = sorted({k.split(".")[2] for k in missing})
-    if tune == "device":
-        for name, p in model.decoder.named_parameters():
-            p.requires_grad_(name.startswith("heads.") and name.split(".")[1] in new_tasks)
-        # Casts: nn.ModuleList and the Linear-or-Identity bottleneck lose their element types.
-        if cfg.bottleneck:
-            shared = cast(torch.nn.Linear, model.encoder.bottleneck).weight
-        else:
-            shared = cast(TransformerLayer, model.encoder.layers[-1]).ffn.fc2.weight
-    else:
-        shared = cast(TransformerLayer, model.decoder.trunk[-1]).ffn.fc2.weight if cfg.cloud_depth else model.decoder.input_proj.weight
+    new_tasks, shared = _trainable(model, cfg, init_state, tune)
     frozen_cloud = {k: v.clone() for k, v in model.decoder.state_dict().items()} if tune == "device" else None
     model.to(device)
-    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in trainable if p.ndim >= 2]
-    no_decay = [p for p in trainable if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr
-    )
-    gradnorm = GradNorm(len(cfg.tasks), alpha=recipe.gradnorm_alpha, lr=recipe.gradnorm_lr).to(device)
-
-    generator = torch.Generator().manual_seed(recipe.seed)
-    rank_train = train_idx[rank::world]
-    steps_per_epoch = math.ceil(len(rank_train) / recipe.batch_size)
-    total_steps = steps_per_epoch * recipe.epochs
-    warmup_steps = steps_per_epoch * recipe.warmup_epochs
-    max_shift = max(1, recipe.image_size // 8)
-    history: list[dict] = []
     start = time.perf_counter()
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not show_progress or rank != 0,
-        transient=True,
+    history = _Loop(recipe, cfg, model, data, split["train"][rank::world], split["heldout"], device, world, rank).run(
+        shared, console, show_progress
     )
-    step = 0
-    with progress:
-        epoch_bar = progress.add_task("epochs", total=recipe.epochs)
-        step_bar = progress.add_task("steps", total=steps_per_epoch)
-        for epoch in range(recipe.epochs):
-            net.train()
-            order = torch.randperm(len(rank_train), generator=generator).tolist()
-            batches = [[rank_train[i] for i in order[s : s + recipe.batch_size]] for s in range(0, len(order), recipe.batch_size)]
-            loader = torch.utils.data.DataLoader(_Batches(data), sampler=batches, batch_size=None, num_workers=recipe.num_workers)
-            loss_sum = torch.zeros(len(cfg.tasks))
-            progress.reset(step_bar, total=len(batches))
-            for images01, labels in loader:
-                if recipe.augment:
-                    images01 = _random_shift(images01, max_shift, generator)
-                x = normalize(images01, recipe.mean, recipe.std).to(device)
-                labels = labels.to(device)
-                for group in optimizer.param_groups:
-                    group["lr"] = recipe.lr * _lr_factor(step, warmup_steps, total_steps)
-                logits = net(x, wire_noise=recipe.wire_noise)
-                losses = torch.stack([F.cross_entropy(logits[name], labels[:, t]) for t, name in enumerate(cfg.task_names)])
-                total = gradnorm.step(losses, shared)
-                if world > 1:
-                    with torch.no_grad():
-                        dist.all_reduce(gradnorm.weights.data, op=dist.ReduceOp.AVG)
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                optimizer.step()
-                loss_sum += losses.detach().cpu()
-                step += 1
-                progress.advance(step_bar)
-            accuracy = evaluate(model, data, heldout_idx, recipe.mean, recipe.std, device)
-            record: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "loss": {n: round(float(v) / len(batches), 4) for n, v in zip(cfg.task_names, loss_sum, strict=True)},
-                "weights": dict(zip(cfg.task_names, gradnorm.current(), strict=True)),
-                "heldout": {n: round(a, 4) for n, a in accuracy.items()},
-            }
-            history.append(record)
-            if rank == 0:
-                console.print(
-                    f"epoch {epoch + 1:>3}/{recipe.epochs}  "
-                    + "  ".join(
-                        f"{n}: loss {record['loss'][n]:.3f} w {record['weights'][n]:.2f} held-out {accuracy[n]:.1%}" for n in cfg.task_names
-                    ),
-                    highlight=False,
-                )
-            progress.advance(epoch_bar)
-
     train_seconds = time.perf_counter() - start
     model.cpu().eval()
     if frozen_cloud is not None:
-        changed = [
-            k
-            for k, v in model.decoder.state_dict().items()
-            if k in frozen_cloud and not torch.equal(v, frozen_cloud[k]) and not (k.startswith("heads.") and k.split(".")[1] in new_tasks)
-        ]
-        if changed:  # a bug, not a user error: the shared cloud must not move during device tuning
-            raise AssertionError(f"device tuning changed shared cloud weights: {changed[:3]}")
+        _check_cloud_unmoved(model, frozen_cloud, new_tasks)
 
     checkpoint = {
         "dtconvert_version": __version__,
@@ -258,10 +149,7 @@ def train(
         "state_dict": model.state_dict(),
         "tasks": [{"name": name, "labels": list(labels)} for name, labels in data.tasks],
         "preprocessing": recipe.preprocessing(),
-        "data": {
-            "source": data.source,
-            "split": {"seed": split_seed, "heldout_fraction": heldout_fraction, "train": train_idx, "heldout": heldout_idx},
-        },
+        "data": {"source": data.source, "split": split},
         "metrics": {
             "heldout": history[-1]["heldout"],
             "train_loss": history[-1]["loss"],
@@ -280,3 +168,141 @@ def train(
         dist.barrier()
         dist.destroy_process_group()
     return checkpoint
+
+
+def _split(recipe: Recipe, data, init_ckpt: dict | None, init) -> dict:
+    """The stored split: a tuned model is evaluated on exactly the images its init checkpoint held out."""
+    if init_ckpt is not None:
+        split = init_ckpt["data"]["split"]
+        if init_ckpt["data"]["source"].get("images") != len(data):
+            raise UserError(
+                f"{init}: was trained on {init_ckpt['data']['source'].get('images')} images, recipe {recipe.name}'s data has {len(data)}"
+            )
+        train_idx, heldout_idx = list(split["train"]), list(split["heldout"])
+        split_seed, heldout_fraction = split["seed"], split["heldout_fraction"]
+    else:
+        split_seed, heldout_fraction = 0, recipe.heldout_fraction
+        train_idx, heldout_idx = stratified_split(data.labels, heldout_fraction, split_seed)
+    return {"seed": split_seed, "heldout_fraction": heldout_fraction, "train": train_idx, "heldout": heldout_idx}
+
+
+def _trainable(model: DeviceTuningModel, cfg: ModelConfig, init_state: dict | None, tune: str) -> tuple[list[str], torch.Tensor]:
+    """Load the init weights, freeze what device tuning keeps; return the new tasks and GradNorm's shared weight."""
+    new_tasks = [name for name, _ in cfg.tasks]
+    if init_state is not None:
+        missing, unexpected = model.load_state_dict(init_state, strict=False)
+        assert not unexpected, unexpected  # _prepare_tuning checked tasks are a superset
+        new_tasks = sorted({k.split(".")[2] for k in missing})
+    if tune == "device":
+        for name, p in model.decoder.named_parameters():
+            p.requires_grad_(name.startswith("heads.") and name.split(".")[1] in new_tasks)
+        # Casts: nn.ModuleList and the Linear-or-Identity bottleneck lose their element types.
+        if cfg.bottleneck:
+            return new_tasks, cast(torch.nn.Linear, model.encoder.bottleneck).weight
+        return new_tasks, cast(TransformerLayer, model.encoder.layers[-1]).ffn.fc2.weight
+    if cfg.cloud_depth:
+        return new_tasks, cast(TransformerLayer, model.decoder.trunk[-1]).ffn.fc2.weight
+    return new_tasks, model.decoder.input_proj.weight
+
+
+def _check_cloud_unmoved(model: DeviceTuningModel, frozen_cloud: dict, new_tasks: list[str]) -> None:
+    changed = [
+        k
+        for k, v in model.decoder.state_dict().items()
+        if k in frozen_cloud and not torch.equal(v, frozen_cloud[k]) and not (k.startswith("heads.") and k.split(".")[1] in new_tasks)
+    ]
+    if changed:  # a bug, not a user error: the shared cloud must not move during device tuning
+        raise AssertionError(f"device tuning changed shared cloud weights: {changed[:3]}")
+
+
+class _Loop:
+    """The epochs: AdamW with warm-up and cosine decay, GradNorm weighting, held-out accuracy per epoch."""
+
+    def __init__(
+        self, recipe: Recipe, cfg: ModelConfig, model, data, rank_train: list[int], heldout: list[int], device, world: int, rank: int
+    ):
+        self.recipe, self.cfg, self.model, self.data, self.device = recipe, cfg, model, data, device
+        self.rank_train, self.heldout, self.world, self.rank = rank_train, heldout, world, rank
+        self.net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        decay = [p for p in trainable if p.ndim >= 2]
+        no_decay = [p for p in trainable if p.ndim < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr
+        )
+        self.gradnorm = GradNorm(len(cfg.tasks), alpha=recipe.gradnorm_alpha, lr=recipe.gradnorm_lr).to(device)
+        self.generator = torch.Generator().manual_seed(recipe.seed)
+        self.steps_per_epoch = math.ceil(len(rank_train) / recipe.batch_size)
+        self.total_steps = self.steps_per_epoch * recipe.epochs
+        self.warmup_steps = self.steps_per_epoch * recipe.warmup_epochs
+        self.max_shift = max(1, recipe.image_size // 8)
+        self.step = 0
+
+    def run(self, shared: torch.Tensor, console: Console, show_progress: bool) -> list[dict]:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        recipe, names = self.recipe, self.cfg.task_names
+        progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not show_progress or self.rank != 0,
+            transient=True,
+        )
+        history: list[dict] = []
+        with progress:
+            epoch_bar = progress.add_task("epochs", total=recipe.epochs)
+            step_bar = progress.add_task("steps", total=self.steps_per_epoch)
+            for epoch in range(recipe.epochs):
+                loss_mean = self.epoch(shared, lambda total: progress.reset(step_bar, total=total), lambda: progress.advance(step_bar))
+                accuracy = evaluate(self.model, self.data, self.heldout, recipe.mean, recipe.std, self.device)
+                record: dict[str, Any] = {
+                    "epoch": epoch + 1,
+                    "loss": {n: round(v, 4) for n, v in zip(names, loss_mean, strict=True)},
+                    "weights": dict(zip(names, self.gradnorm.current(), strict=True)),
+                    "heldout": {n: round(a, 4) for n, a in accuracy.items()},
+                }
+                history.append(record)
+                if self.rank == 0:
+                    console.print(
+                        f"epoch {epoch + 1:>3}/{recipe.epochs}  "
+                        + "  ".join(
+                            f"{n}: loss {record['loss'][n]:.3f} w {record['weights'][n]:.2f} held-out {accuracy[n]:.1%}" for n in names
+                        ),
+                        highlight=False,
+                    )
+                progress.advance(epoch_bar)
+        return history
+
+    def epoch(self, shared: torch.Tensor, start_bar, advance_bar) -> list[float]:
+        """One pass over this rank's training images; the mean loss per task."""
+        recipe, cfg = self.recipe, self.cfg
+        self.net.train()
+        order = torch.randperm(len(self.rank_train), generator=self.generator).tolist()
+        batches = [[self.rank_train[i] for i in order[s : s + recipe.batch_size]] for s in range(0, len(order), recipe.batch_size)]
+        loader = torch.utils.data.DataLoader(_Batches(self.data), sampler=batches, batch_size=None, num_workers=recipe.num_workers)
+        loss_sum = torch.zeros(len(cfg.tasks))
+        start_bar(len(batches))
+        for images01, labels in loader:
+            if recipe.augment:
+                images01 = _random_shift(images01, self.max_shift, self.generator)
+            x = normalize(images01, recipe.mean, recipe.std).to(self.device)
+            labels = labels.to(self.device)
+            for group in self.optimizer.param_groups:
+                group["lr"] = recipe.lr * _lr_factor(self.step, self.warmup_steps, self.total_steps)
+            logits = self.net(x, wire_noise=recipe.wire_noise)
+            losses = torch.stack([F.cross_entropy(logits[name], labels[:, t]) for t, name in enumerate(cfg.task_names)])
+            total = self.gradnorm.step(losses, shared)
+            if self.world > 1:
+                with torch.no_grad():
+                    dist.all_reduce(self.gradnorm.weights.data, op=dist.ReduceOp.AVG)
+            self.optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            self.optimizer.step()
+            loss_sum += losses.detach().cpu()
+            self.step += 1
+            advance_bar()
+        return [float(v) / len(batches) for v in loss_sum]

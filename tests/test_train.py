@@ -1,5 +1,7 @@
 """Training on the real bundled digits: the shipped recipes reach their accuracy claims."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -65,8 +67,7 @@ def test_device_tuning_learns_mod3_with_the_cloud_bit_identical(digits_ckpt, tun
 
 
 def test_twin_full_finetune_does_change_the_cloud(digits_ckpt, tmp_path):
-    recipe = load_recipe(RECIPES / "digits-tune.yaml")
-    recipe.epochs = 1
+    recipe = dataclasses.replace(load_recipe(RECIPES / "digits-tune.yaml"), epochs=1)
     train(recipe, tmp_path, init=digits_ckpt, tune="none", show_progress=False)
     before = _cloud_shared(load_checkpoint(digits_ckpt)["state_dict"], ["mod3"])
     after = _cloud_shared(load_checkpoint(tmp_path / "ckpt.pt")["state_dict"], ["mod3"])
