@@ -30,10 +30,10 @@ from rich.console import Console
 
 from dtconvert import __version__
 from dtconvert.checkpoint import build_model, load_checkpoint, sha256_file
+from dtconvert.data import calibration_images
 from dtconvert.errors import UserError
 from dtconvert.manifest import SCHEMA_VERSION, describe_file, write_manifest
-from dtconvert.output import progress_console, redirected_fds
-from dtconvert.quantize import calibration_images, wire_qparams
+from dtconvert.output import logged_fds, progress_console
 from dtconvert.targets import (
     DEVICE_TARGETS,
     INPUT_NAME,
@@ -43,7 +43,9 @@ from dtconvert.targets import (
     artifact_name,
     load_target,
 )
-from dtconvert.targets.torchscript import cloud_identity, export_decoder, export_reference, load_decoder, write_triton_repository
+from dtconvert.targets.torchscript import cloud_identity, export_decoder, export_reference, load_decoder
+from dtconvert.triton import write_triton_repository
+from dtconvert.wire import wire_qparams
 
 TOOLS = ("torch", "executorch", "coremltools", "tensorflow", "onnx", "onnxruntime", "onnx2tf", "ai-edge-litert")
 
@@ -80,19 +82,9 @@ class _Stages:
     @contextlib.contextmanager
     def stage(self, label: str):
         start = time.perf_counter()
-        with self.console.status(f"{label}…"), _redirect_fds(self.log_path, label):
+        with self.console.status(f"{label}…"), logged_fds(self.log_path, label):
             yield
         self.console.print(f"[green]✓[/] {label} [dim]({time.perf_counter() - start:.1f} s)[/]", highlight=False)
-
-
-@contextlib.contextmanager
-def _redirect_fds(log_path: Path, label: str):
-    """Send file descriptors 1 and 2 (Python and C++ alike) to the log for the duration."""
-    with open(log_path, "a", encoding="utf-8") as log:
-        log.write(f"\n===== {label} =====\n")
-        log.flush()
-        with redirected_fds(log):
-            yield
 
 
 def _tool_versions() -> dict[str, str]:
@@ -129,171 +121,23 @@ def run_export(
     # 1. Load and split (the split is the model's own encode()/decode() boundary).
     ckpt = load_checkpoint(checkpoint)
     model = build_model(ckpt, checkpoint)
-    encoder, decoder = model.encoder.eval(), model.decoder.eval()
-    cfg = model.cfg
-    checkpoint_sha = sha256_file(checkpoint)
+    model.encoder.eval()
+    model.decoder.eval()
     calibration, calibration_info = calibration_images(ckpt, calib)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     work = Path(tempfile.mkdtemp(prefix="dtconvert-work-"))
-    stages = _Stages(console, staging / "export.log")
-    current = "load"
+    run = _Export(checkpoint, ckpt, model, precision, calibration, staging, work, _Stages(console, staging / "export.log"))
     try:
-        name = ckpt["recipe"]["name"]
-        example = torch.from_numpy(calibration[:1].copy())
-
-        # 2. Calibrate the wire tensor's int8 parameters (static activation scales, where a
-        #    precision has them, are each target's own business).
-        current = "calibrate"
-        with stages.stage(f"calibrate on {len(calibration)} images"):
-            with torch.no_grad():
-                wire_calibration = encoder(torch.from_numpy(calibration)).numpy()
-            scale, zero_point = wire_qparams(wire_calibration)
-        wire_shape = [1, *cfg.wire_shape]
-        manifest_info = _wire_and_input(ckpt, cfg, checkpoint_sha, wire_shape, scale, zero_point, calibration_info)
-
-        # 3. Device targets, one module each.
-        job = ExportJob(
-            name=name,
-            precision=precision,
-            encoder=encoder,
-            example=example,
-            calibration=calibration,
-            workdir=work,
-            metadata={
-                "author": "dtconvert",
-                "version": __version__,
-                "description": f"Device Tuning encoder of {name!r} ({precision}): image → wire tensor",
-                "input_description": f"preprocessed image {list(example.shape)} NCHW float32 (see manifest.json)",
-                "output_description": f"wire tensor {wire_shape} float32; quantize to int8 with scale {scale:.6g}, zero point {zero_point}",
-                "user_defined": {"model_id": manifest_info["model_id"], "wire_scale": scale, "wire_zero_point": zero_point},
-            },
-        )
-        artifacts = []
-        for target_name in targets:
-            current = target_name
-            target = load_target(target_name)
-            filename = artifact_name(name, "encoder", target_name, precision, target.extension)
-            with stages.stage(f"{target_name} ({precision})"):
-                details = target.export(job, staging / filename)
-            inputs, outputs = details.pop("inputs", None), details.pop("outputs", None)
-            entry = {**describe_file(staging, filename), "part": "device", "target": target_name, "precision": precision}
-            entry["inputs"] = inputs or [{"name": INPUT_NAME, "shape": list(example.shape), "dtype": "float32"}]
-            entry["outputs"] = outputs or [{"name": OUTPUT_NAME, "shape": wire_shape, "dtype": "float32"}]
-            entry["quantization"] = details.pop("quantization")
-            if "delegation" in details:
-                entry["delegation"] = details.pop("delegation")
-            entry["details"] = details
-            artifacts.append(entry)
-
-        # 4. The cloud half: TorchScript decoder and a Triton repository around it.
-        current = "torchscript"
-        tasks = ckpt["tasks"]
-        with stages.stage("cloud decoder (TorchScript) and Triton repository"):
-            decoder_file = artifact_name(name, "decoder", "torchscript", "fp32", "pt")
-            export_decoder(decoder, [t["name"] for t in tasks], wire_shape, scale, zero_point, staging / decoder_file)
-            write_triton_repository(staging / "triton", f"{name}_decoder", staging / decoder_file, wire_shape, tasks)
-            # What a shared cloud proves identity with, read back from the file that ships.
-            cloud = cloud_identity(load_decoder(staging / decoder_file), [t["name"] for t in tasks])
-            init = ckpt.get("init")
-            cloud["tuned_from"] = (
-                None
-                if not init
-                else {"checkpoint_sha256": init["sha256"], "tune": init["tune"], "new_tasks": list(init.get("new_tasks") or [])}
-            )
-        cloud_inputs = [
-            {"name": "wire", "shape": [1, *cfg.wire_shape], "dtype": "int8"},
-            {"name": "scale", "shape": [1, 1], "dtype": "float32"},
-            {"name": "zero_point", "shape": [1, 1], "dtype": "int32"},
-        ]
-        cloud_outputs = [{"name": t["name"], "shape": [1, len(t["labels"])], "dtype": "float32"} for t in tasks]
-        artifacts.append(
-            {
-                **describe_file(staging, decoder_file),
-                "part": "cloud",
-                "target": "torchscript",
-                "precision": "fp32",
-                "inputs": cloud_inputs,
-                "outputs": cloud_outputs,
-                "details": {"signature": "forward(wire, scale, zero_point) -> tuple of logits in task order"},
-            }
-        )
-        artifacts.append(
-            {
-                **describe_file(staging, "triton"),
-                "part": "cloud",
-                "target": "triton",
-                "precision": "fp32",
-                "details": {"backend": "pytorch_libtorch", "model_name": f"{name}_decoder", "dynamic_batching": True},
-            }
-        )
-
-        # 5. The fp32 model as the export's own reference (verify needs no checkpoint), and
-        #    golden inputs and outputs for the apps' tests and the macOS Core ML job.
-        current = "reference"
-        with stages.stage("fp32 reference model and golden files"):
-            reference_file = artifact_name(name, "reference", "torchscript", "fp32", "pt")
-            export_reference(model, [t["name"] for t in tasks], example, staging / reference_file)
-            golden = write_golden(
-                staging / "golden",
-                ckpt,
-                calibration,
-                staging / reference_file,
-                staging / decoder_file,
-                [t["name"] for t in tasks],
-                scale,
-                zero_point,
-            )
-        artifacts.append(
-            {
-                **describe_file(staging, reference_file),
-                "part": "reference",
-                "target": "reference",
-                "precision": "fp32",
-                "inputs": [{"name": INPUT_NAME, "shape": list(example.shape), "dtype": "float32"}],
-                "outputs": [{"name": OUTPUT_NAME, "shape": wire_shape, "dtype": "float32"}, *cloud_outputs],
-                "details": {"signature": "forward(image) -> (wire, *logits in task order)"},
-            }
-        )
-
-        # 6. Manifest, verification, then move into place.
-        current = "manifest"
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "model": {
-                "name": name,
-                "id": manifest_info["model_id"],
-                "checkpoint": {"file": checkpoint.name, "sha256": manifest_info["checkpoint_sha256"]},
-                "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "heldout_metrics": ckpt["metrics"]["heldout"],
-                "cloud": cloud,
-            },
-            "precision": precision,
-            "device_input": manifest_info["device_input"],
-            "wire": manifest_info["wire"],
-            "communication": manifest_info["communication"],
-            "tasks": [{"name": t["name"], "labels": list(t["labels"])} for t in tasks],
-            "artifacts": artifacts,
-            "data": {"source": ckpt["data"]["source"], "recipe": ckpt["recipe"], "heldout": list(ckpt["data"]["split"]["heldout"])},
-            "tools": _tool_versions(),
-            "golden": golden,
-            "verification": None,
-        }
+        run.calibrate(calibration_info)  # 2. the wire tensor's int8 parameters
+        artifacts = run.device_artifacts(targets)  # 3. device targets, one module each
+        artifacts += run.cloud_artifacts()  # 4. the TorchScript decoder and a Triton repository around it
+        artifacts.append(run.reference_and_golden())  # 5. the fp32 reference model, golden files
+        manifest = run.manifest(artifacts)  # 6. manifest, verification, then move into place
         write_manifest(staging, manifest)
         if verify:
-            current = "verify"
-            from dtconvert.verify import verify_export
-
-            with stages.stage("verify"):
-                try:
-                    report = verify_export(staging, log=lambda line: None)
-                except UserError as e:
-                    raise UserError(
-                        f"cannot verify the export: {e}. Export with --no-verify, then run "
-                        f"'dtconvert verify {out} --data DIR' on images you have"
-                    ) from None
-            manifest["verification"] = report.summary()
+            manifest["verification"] = run.verify(out)
             write_manifest(staging, manifest)
         _replace_dir(staging, out)
         return out, manifest
@@ -303,13 +147,185 @@ def run_export(
             raise
         log = out.parent / f"{out.name}.export-error.log"
         with open(staging / "export.log", "a", encoding="utf-8") as fh:
-            fh.write(f"\n===== failure in {current} =====\n{traceback.format_exc()}")
+            fh.write(f"\n===== failure in {run.current} =====\n{traceback.format_exc()}")
         shutil.copyfile(staging / "export.log", log)
         shutil.rmtree(staging, ignore_errors=True)
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ExportFailed(f"target {current} failed: {reason}", log) from e
+        raise ExportFailed(f"target {run.current} failed: {reason}", log) from e
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+class _Export:
+    """One export in progress: each step writes into ``staging`` and returns its manifest entries;
+    ``current`` names the step running, for the failure message."""
+
+    def __init__(self, checkpoint: Path, ckpt: dict, model, precision: str, calibration, staging: Path, work: Path, stages: _Stages):
+        self.checkpoint, self.ckpt, self.model, self.precision = checkpoint, ckpt, model, precision
+        self.calibration, self.staging, self.work, self.stages = calibration, staging, work, stages
+        self.name = ckpt["recipe"]["name"]
+        self.tasks = ckpt["tasks"]
+        self.example = torch.from_numpy(calibration[:1].copy())
+        self.wire_shape = [1, *model.cfg.wire_shape]
+        self.current = "load"
+
+    def calibrate(self, calibration_info: dict) -> None:
+        """The wire tensor's int8 parameters (static activation scales, where a precision has them,
+        are each target's own business)."""
+        self.current = "calibrate"
+        with self.stages.stage(f"calibrate on {len(self.calibration)} images"):
+            with torch.no_grad():
+                wire_calibration = self.model.encoder(torch.from_numpy(self.calibration)).numpy()
+            self.scale, self.zero_point = wire_qparams(wire_calibration)
+        sha = sha256_file(self.checkpoint)
+        self.info = _wire_and_input(self.ckpt, self.model.cfg, sha, self.wire_shape, self.scale, self.zero_point, calibration_info)
+
+    def device_artifacts(self, targets: list[str]) -> list[dict]:
+        name, precision, example = self.name, self.precision, self.example
+        scale, zero_point = self.scale, self.zero_point
+        job = ExportJob(
+            name=name,
+            precision=precision,
+            encoder=self.model.encoder,
+            example=example,
+            calibration=self.calibration,
+            workdir=self.work,
+            metadata={
+                "author": "dtconvert",
+                "version": __version__,
+                "description": f"Device Tuning encoder of {name!r} ({precision}): image → wire tensor",
+                "input_description": f"preprocessed image {list(example.shape)} NCHW float32 (see manifest.json)",
+                "output_description": f"wire tensor {self.wire_shape} float32; "
+                f"quantize to int8 with scale {scale:.6g}, zero point {zero_point}",
+                "user_defined": {"model_id": self.info["model_id"], "wire_scale": scale, "wire_zero_point": zero_point},
+            },
+        )
+        artifacts = []
+        for target_name in targets:
+            self.current = target_name
+            target = load_target(target_name)
+            filename = artifact_name(name, "encoder", target_name, precision, target.extension)
+            with self.stages.stage(f"{target_name} ({precision})"):
+                details = target.export(job, self.staging / filename)
+            inputs, outputs = details.pop("inputs", None), details.pop("outputs", None)
+            entry = {**describe_file(self.staging, filename), "part": "device", "target": target_name, "precision": precision}
+            entry["inputs"] = inputs or [{"name": INPUT_NAME, "shape": list(example.shape), "dtype": "float32"}]
+            entry["outputs"] = outputs or [{"name": OUTPUT_NAME, "shape": self.wire_shape, "dtype": "float32"}]
+            entry["quantization"] = details.pop("quantization")
+            if "delegation" in details:
+                entry["delegation"] = details.pop("delegation")
+            entry["details"] = details
+            artifacts.append(entry)
+        return artifacts
+
+    def cloud_artifacts(self) -> list[dict]:
+        """The TorchScript decoder, its identity read back from the file that ships, and its Triton repository."""
+        self.current = "torchscript"
+        names = [t["name"] for t in self.tasks]
+        with self.stages.stage("cloud decoder (TorchScript) and Triton repository"):
+            self.decoder_file = artifact_name(self.name, "decoder", "torchscript", "fp32", "pt")
+            path = self.staging / self.decoder_file
+            export_decoder(self.model.decoder, names, self.wire_shape, self.scale, self.zero_point, path)
+            write_triton_repository(self.staging / "triton", f"{self.name}_decoder", path, self.wire_shape, self.tasks)
+            # What a shared cloud proves identity with, read back from the file that ships.
+            self.cloud = cloud_identity(load_decoder(path), names)
+            init = self.ckpt.get("init")
+            self.cloud["tuned_from"] = (
+                None
+                if not init
+                else {"checkpoint_sha256": init["sha256"], "tune": init["tune"], "new_tasks": list(init.get("new_tasks") or [])}
+            )
+        cloud_inputs = [
+            {"name": "wire", "shape": self.wire_shape, "dtype": "int8"},
+            {"name": "scale", "shape": [1, 1], "dtype": "float32"},
+            {"name": "zero_point", "shape": [1, 1], "dtype": "int32"},
+        ]
+        self.cloud_outputs = [{"name": t["name"], "shape": [1, len(t["labels"])], "dtype": "float32"} for t in self.tasks]
+        decoder = {
+            **describe_file(self.staging, self.decoder_file),
+            "part": "cloud",
+            "target": "torchscript",
+            "precision": "fp32",
+            "inputs": cloud_inputs,
+            "outputs": self.cloud_outputs,
+            "details": {"signature": "forward(wire, scale, zero_point) -> tuple of logits in task order"},
+        }
+        triton = {
+            **describe_file(self.staging, "triton"),
+            "part": "cloud",
+            "target": "triton",
+            "precision": "fp32",
+            "details": {"backend": "pytorch_libtorch", "model_name": f"{self.name}_decoder", "dynamic_batching": True},
+        }
+        return [decoder, triton]
+
+    def reference_and_golden(self) -> dict:
+        """The fp32 model as the export's own reference (verify needs no checkpoint), and golden
+        inputs and outputs for the apps' tests and the macOS Core ML job."""
+        self.current = "reference"
+        names = [t["name"] for t in self.tasks]
+        with self.stages.stage("fp32 reference model and golden files"):
+            reference_file = artifact_name(self.name, "reference", "torchscript", "fp32", "pt")
+            export_reference(self.model, names, self.example, self.staging / reference_file)
+            self.golden = write_golden(
+                self.staging / "golden",
+                self.ckpt,
+                self.calibration,
+                self.staging / reference_file,
+                self.staging / self.decoder_file,
+                names,
+                self.scale,
+                self.zero_point,
+            )
+        return {
+            **describe_file(self.staging, reference_file),
+            "part": "reference",
+            "target": "reference",
+            "precision": "fp32",
+            "inputs": [{"name": INPUT_NAME, "shape": list(self.example.shape), "dtype": "float32"}],
+            "outputs": [{"name": OUTPUT_NAME, "shape": self.wire_shape, "dtype": "float32"}, *self.cloud_outputs],
+            "details": {"signature": "forward(image) -> (wire, *logits in task order)"},
+        }
+
+    def manifest(self, artifacts: list[dict]) -> dict:
+        self.current = "manifest"
+        ckpt, info = self.ckpt, self.info
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "model": {
+                "name": self.name,
+                "id": info["model_id"],
+                "checkpoint": {"file": self.checkpoint.name, "sha256": info["checkpoint_sha256"]},
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "heldout_metrics": ckpt["metrics"]["heldout"],
+                "cloud": self.cloud,
+            },
+            "precision": self.precision,
+            "device_input": info["device_input"],
+            "wire": info["wire"],
+            "communication": info["communication"],
+            "tasks": [{"name": t["name"], "labels": list(t["labels"])} for t in self.tasks],
+            "artifacts": artifacts,
+            "data": {"source": ckpt["data"]["source"], "recipe": ckpt["recipe"], "heldout": list(ckpt["data"]["split"]["heldout"])},
+            "tools": _tool_versions(),
+            "golden": self.golden,
+            "verification": None,
+        }
+
+    def verify(self, out: Path) -> dict:
+        """``dtconvert verify`` on the staged export; its summary for the manifest."""
+        self.current = "verify"
+        from dtconvert.verify import verify_export
+
+        with self.stages.stage("verify"):
+            try:
+                report = verify_export(self.staging, log=lambda line: None)
+            except UserError as e:
+                raise UserError(
+                    f"cannot verify the export: {e}. Export with --no-verify, then run "
+                    f"'dtconvert verify {out} --data DIR' on images you have"
+                ) from None
+        return report.summary()
 
 
 def _wire_and_input(
@@ -374,9 +390,10 @@ def write_golden(
     """
     import numpy as np
 
+    from dtconvert.data import dataset_images
     from dtconvert.manifest import tree_files
-    from dtconvert.quantize import dataset_images, quantize_wire
     from dtconvert.targets.torchscript import load_decoder
+    from dtconvert.wire import quantize_wire
 
     folder.mkdir()
     index = list(ckpt["data"]["split"]["heldout"])[:GOLDEN_COUNT]

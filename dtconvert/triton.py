@@ -1,4 +1,4 @@
-"""``dtconvert cloud``: a Triton model repository for a shared cloud of several device variants.
+"""Triton model repositories: one export's own, and ``dtconvert cloud``'s shared cloud of several device variants.
 
     dtconvert cloud export/digits export/digits-tune --out cloud/
 
@@ -134,6 +134,43 @@ def _save(module: nn.Module, example: tuple, path: Path) -> None:
         torch.jit.save(traced, str(path))
 
 
+# How every model of the repositories batches and where it runs.
+_BATCHING = f"""dynamic_batching {{
+  max_queue_delay_microseconds: {QUEUE_DELAY_US}
+}}
+instance_group [ {{ kind: KIND_CPU, count: 1 }} ]
+"""
+
+
+def write_triton_repository(root: Path, model_name: str, decoder_file: Path, wire_shape: list[int], tasks: list[dict]) -> list[Path]:
+    """One export's own repository: its whole decoder as one model for Triton's PyTorch (libtorch)
+    backend, with the inputs of the shared trunk and one output per task; returns the files written."""
+    model_dir = root / model_name
+    version_dir = model_dir / "1"
+    version_dir.mkdir(parents=True)
+    (version_dir / "model.pt").write_bytes(decoder_file.read_bytes())
+    outputs = []
+    written = [version_dir / "model.pt"]
+    for i, task in enumerate(tasks):
+        labels = model_dir / f"labels_{task['name']}.txt"
+        labels.write_text("\n".join(task["labels"]) + "\n")
+        written.append(labels)
+        outputs.append(f'  {{ name: "OUTPUT__{i}" data_type: TYPE_FP32 dims: [ {len(task["labels"])} ] label_filename: "{labels.name}" }}')
+    config = f"""# Cloud decoder of dtconvert model {model_name!r}: int8 wire tensor in, one logits tensor per task out.
+# OUTPUT__i follows the manifest's task order: {", ".join(t["name"] for t in tasks)}.
+name: "{model_name}"
+platform: "pytorch_libtorch"
+max_batch_size: {MAX_BATCH}
+{_wire_inputs(wire_shape[1], wire_shape[2])}
+output [
+{("," + chr(10)).join(outputs)}
+]
+{_BATCHING}"""
+    (model_dir / "config.pbtxt").write_text(config)
+    written.append(model_dir / "config.pbtxt")
+    return written
+
+
 def _wire_inputs(tokens: int, width: int) -> str:
     """The inputs of the trunk and of every ensemble: int8 wire rows, each with its scale and zero point."""
     return f"""input [
@@ -162,11 +199,7 @@ max_batch_size: {MAX_BATCH}
 output [
   {{ name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ {feature_dim} ] }}
 ]
-dynamic_batching {{
-  max_queue_delay_microseconds: {QUEUE_DELAY_US}
-}}
-instance_group [ {{ kind: KIND_CPU, count: 1 }} ]
-""")
+{_BATCHING}""")
 
 
 def _write_head(repo: Path, name: str, weight: torch.Tensor, bias: torch.Tensor, labels: list[str], feature_dim: int) -> None:
@@ -182,11 +215,7 @@ input [
 output [
   {{ name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ {len(labels)} ] label_filename: "labels.txt" }}
 ]
-dynamic_batching {{
-  max_queue_delay_microseconds: {QUEUE_DELAY_US}
-}}
-instance_group [ {{ kind: KIND_CPU, count: 1 }} ]
-""")
+{_BATCHING}""")
 
 
 def _write_ensemble(repo: Path, variant, tokens: int, width: int) -> None:
