@@ -21,6 +21,7 @@ import hashlib
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -64,6 +65,17 @@ def atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def replace_dir(staging: Path, out: Path) -> None:
+    """Move a finished directory onto ``out``, replacing a previous one only at the end."""
+    if out.exists():
+        retired = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, retired)
+        os.replace(staging, out)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, out)
 
 
 def save_checkpoint(path: str | Path, checkpoint: dict) -> None:

@@ -14,7 +14,6 @@ converters' own chatter goes to ``export.log`` (kept in the export, or beside ``
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import torch
 from rich.console import Console
 
 from dtconvert import __version__
-from dtconvert.checkpoint import build_model, load_checkpoint, sha256_file
+from dtconvert.checkpoint import build_model, load_checkpoint, replace_dir, sha256_file
 from dtconvert.data import calibration_images
 from dtconvert.errors import UserError
 from dtconvert.manifest import SCHEMA_VERSION, describe_file, write_manifest
@@ -139,7 +138,7 @@ def run_export(
         if verify:
             manifest["verification"] = run.verify(out)
             write_manifest(staging, manifest)
-        _replace_dir(staging, out)
+        replace_dir(staging, out)
         return out, manifest
     except Exception as e:
         if isinstance(e, UserError):
@@ -362,17 +361,6 @@ def _wire_and_input(
         },
         "communication": communication,
     }
-
-
-def _replace_dir(staging: Path, out: Path) -> None:
-    """Move the finished export onto ``out``, replacing a previous export only at the end."""
-    if out.exists():
-        retired = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, retired)
-        os.replace(staging, out)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(staging, out)
 
 
 GOLDEN_COUNT = 8

@@ -1,4 +1,4 @@
-"""``run_sweep`` in its steps: check the grid, train and export each configuration, time every row, publish.
+"""``run_sweep`` in its steps: check the grid, train and export each configuration, time every row, move into place.
 
 Everything is written into a temporary directory beside ``--out`` (``sweep.json``, the
 renderings the caller asks for, every configuration's checkpoint and export under
@@ -16,6 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from dtconvert.checkpoint import replace_dir
 from dtconvert.errors import UserError
 from dtconvert.sweep.check import validate_sweep
 from dtconvert.sweep.configs import FLOPS_COUNTED, train_and_export
@@ -45,7 +46,7 @@ def run_sweep(
     """Train, export and measure every configuration; write the results into ``out``; return the report.
 
     ``render(report, folder)`` writes the report's human-readable files (``dtconvert.report.sweep``)
-    into the folder before it is published, so that ``out`` appears whole or not at all."""
+    into the folder before it is moved into place, so that ``out`` appears whole or not at all."""
     from dtconvert.bench import machine_info
     from dtconvert.recipe import load_recipe
 
@@ -83,7 +84,7 @@ def run_sweep(
         (staging / "sweep.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         if render is not None:
             render(report, staging)
-        publish(staging, out)
+        replace_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -160,14 +161,3 @@ def funnel(rows: list[dict], batches: list[int]) -> list[dict]:
                     }
                 )
     return steps
-
-
-def publish(staging: Path, out: Path) -> None:
-    """Move the finished sweep onto ``out``, replacing a previous one only at the end."""
-    if out.exists():
-        retired = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, retired)
-        os.replace(staging, out)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(staging, out)
