@@ -175,7 +175,7 @@ def faulty_model_builder(fault: str):
             elif fault == "attn_scale2":
                 model.encoder.layers[0].attn.scale *= 2.0
             elif fault == "pool_first_half":
-                layer = next(layer for layer in model.encoder.layers if layer.pool)
+                layer = next(layer for layer in model.encoder.layers if layer.pool is not None)
                 layer.__class__ = PoolFirstHalf
             else:
                 raise ValueError(fault)

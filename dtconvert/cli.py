@@ -71,9 +71,7 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="Output directory; the checkpoint is written to OUT/ckpt.pt."),
     init: Path | None = typer.Option(None, "--init", help="Start from this checkpoint (needed by --tune device)."),
     tune: str | None = typer.Option(
-        None,
-        "--tune",
-        help="'device': freeze the shared cloud, train the device half and new task heads. Default: the recipe's 'tune' key.",
+        None, "--tune", help="'device': freeze the shared cloud, train the device half and new task heads (default: the recipe's)."
     ),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Override the recipe's epoch count."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -135,7 +133,8 @@ def export(
         "--precision",
         help="int8: per runtime, the int8 scheme its CPU delegate runs whole and most faithfully "
         "(ExecuTorch and LiteRT: int8 weights, activations quantized per call; Core ML: int8 weights). "
-        "int8-static: full-integer with calibrated activation scales, for NPUs. fp32: no quantization.",
+        "int8-static: full-integer with calibrated activation scales, for NPUs. fp32: no quantization. "
+        "auto: int8, keeping float the layer the failed gate names, until it passes (see --max-float).",
     ),
     calib: str | None = typer.Option(
         None, "--calib", help="Calibration images: a count N taken from the checkpoint's training split (default 128), or a folder."
@@ -144,21 +143,28 @@ def export(
     verify: bool = typer.Option(
         True, "--verify/--no-verify", help="Run 'dtconvert verify' on the export and record the results in the manifest."
     ),
+    keep_float: list[str] = typer.Option(
+        [], "--keep-float", help="Keep this encoder module float on every target (a name or glob, e.g. layers.1.ffn); repeatable."
+    ),
+    max_float: int = typer.Option(3, "--max-float", min=0, help="--precision auto: most modules kept float."),
 ) -> None:
     """Split a checkpoint into int8 device artifacts, a TorchScript cloud decoder and a manifest.
 
     Example: dtconvert export runs/digits/ckpt.pt --target all --out export/ckpt
     """
-    from dtconvert.export import ExportFailed, parse_targets, run_export
-    from dtconvert.report.pipeline import print_export_summary
+    from dtconvert.auto import export_checkpoint
+    from dtconvert.export import ExportFailed, parse_targets
+    from dtconvert.report.pipeline import print_auto_summary, print_export_summary
     from dtconvert.report.verify import verdict_of_export
 
     targets = parse_targets(target)
     try:
-        export_dir, manifest = run_export(checkpoint, targets, precision=precision, calib=calib, out=out, verify=verify)
+        export_dir, manifest, auto = export_checkpoint(checkpoint, targets, precision, calib, out, verify, tuple(keep_float), max_float)
     except ExportFailed as e:
         _fail(f"{e} (full log: {e.log})", code=1)
     print_export_summary(export_dir, manifest)
+    if auto is not None:
+        print_auto_summary(auto)
     verdict_of_export(export_dir, manifest["verification"])
 
 
@@ -179,6 +185,9 @@ def verify_command(
         None, "--tolerance", help="YAML file overriding the default bounds (target → precision → bound)."
     ),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Use only the first N images of each set (held-out, rest, folder)."),
+    explain: bool | None = typer.Option(
+        None, "--explain/--no-explain", help="SQNR of every layer of the device encoder per runtime (default: when a check fails)."
+    ),
 ) -> None:
     """Accuracy parity of every artifact in its real runtime against the fp32 model: a CI gate.
 
@@ -199,6 +208,7 @@ def verify_command(
             tolerance_file=tolerance,
             limit=limit,
             log=lambda line: console.print(line, highlight=False),
+            explain=explain,
         )
     write_reports(report, json_report, junit)
     print_verify(report)
@@ -315,21 +325,15 @@ def client(
 
     Example: dtconvert client export/digits --target tflite --digits 50
     """
-    if (images is None) == (digits is None):
-        raise UserError("pass one of --images DIR or --digits N")
-    if images is not None and not images.is_dir():
-        raise UserError(f"--images {images}: not a directory")
-
-    from dtconvert.client import ServerError, client_images, run_client
+    from dtconvert.client import ServerError, check_client_options, client_images, run_client
     from dtconvert.manifest import load_manifest
     from dtconvert.output import console as make_console
     from dtconvert.report.pipeline import print_client_report
     from dtconvert.serve import read_token
 
+    check_client_options(images, digits, ca_file)
     console = make_console(stderr=True)
     token = read_token(token_file) if token_file is not None else None
-    if ca_file is not None and not ca_file.is_file():
-        raise UserError(f"--ca-file {ca_file}: no such file")
     manifest = load_manifest(export_dir)
     pictures, labels, names = client_images(export_dir, manifest, images, digits)
     console.print(f"{len(pictures)} images → {target} encoder → {url}/v1/decode", highlight=False)
@@ -389,15 +393,10 @@ def bench(
 
     Example: dtconvert bench export/ckpt --threads 1,2 --batch 1,8 --json bench.json --plot bench.png
     """
-    from dtconvert.bench import parse_counts
+    from dtconvert.bench import check_bench_options, parse_counts, run_bench, validate_report, write_json
 
     thread_counts, batches = parse_counts(threads, "--threads"), parse_counts(batch, "--batch")
-    if plot is not None and plot.suffix.lower() != ".png":
-        raise UserError(f"--plot {plot}: the plot is a PNG file; name it *.png")
-    for export_dir in export_dirs:
-        if not (export_dir / "manifest.json").is_file():
-            raise UserError(f"{export_dir}: not an export directory (no manifest.json)")
-    from dtconvert.bench import run_bench, validate_report, write_json
+    check_bench_options(export_dirs, plot)
     from dtconvert.output import command_line, progress_console, with_native_log
     from dtconvert.report.bench import present
 
@@ -486,10 +485,10 @@ def run() -> None:
     """Console-script entry point."""
     import logging
 
-    # torchao warns on import that its optional CUDA kernels do not load; dtconvert runs on CPU.
-    logging.getLogger("torchao").setLevel(logging.ERROR)
-    # torchao registers an Enum with torch's pytree, which torch 2.13 now warns about on every start.
-    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    # torchao warns on import that its CUDA kernels do not load (dtconvert runs on CPU), and that it
+    # registers an Enum with torch's pytree (torch 2.13 warns about that on every start).
+    for noisy in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         app()
     except BrokenPipeError:  # `dtconvert info x | head`

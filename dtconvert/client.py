@@ -268,3 +268,13 @@ def run_client(
                 top1 = np.array([p[task][0]["index"] for p in report.predictions])
                 report.accuracy[task] = round(float((top1[known] == labels[known, t]).mean()), 6)
     return report
+
+
+def check_client_options(images: Path | None, digits: int | None, ca_file: Path | None) -> None:
+    """``dtconvert client``'s options that typer cannot check alone."""
+    if (images is None) == (digits is None):
+        raise UserError("pass one of --images DIR or --digits N")
+    if images is not None and not images.is_dir():
+        raise UserError(f"--images {images}: not a directory")
+    if ca_file is not None and not ca_file.is_file():
+        raise UserError(f"--ca-file {ca_file}: no such file")

@@ -33,6 +33,7 @@ from dtconvert.data import calibration_images
 from dtconvert.errors import UserError
 from dtconvert.manifest import SCHEMA_VERSION, describe_file, write_manifest
 from dtconvert.output import logged_fds, progress_console
+from dtconvert.rewrite import check_keep_float, kept_modules
 from dtconvert.targets import (
     DEVICE_TARGETS,
     INPUT_NAME,
@@ -104,8 +105,12 @@ def run_export(
     out: Path | None = None,
     console: Console | None = None,
     verify: bool = True,
+    keep_float: tuple[str, ...] = (),
 ) -> tuple[Path, dict]:
     """Export ``checkpoint`` for ``targets``; return the export directory and its manifest.
+
+    ``keep_float``: module names or globs of the device encoder (``layers.1.ffn``) that stay float
+    on every target; an int8 precision only.
 
     With ``verify`` (the default) ``dtconvert verify`` runs on the finished export before it is
     moved into place, and its results are recorded in the manifest's ``verification``."""
@@ -122,12 +127,17 @@ def run_export(
     model = build_model(ckpt, checkpoint)
     model.encoder.eval()
     model.decoder.eval()
+    if keep_float:
+        if precision == "fp32":
+            raise UserError("--keep-float applies to the int8 precisions; fp32 keeps everything float already")
+        check_keep_float(model.encoder, keep_float)
     calibration, calibration_info = calibration_images(ckpt, calib)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     work = Path(tempfile.mkdtemp(prefix="dtconvert-work-"))
     run = _Export(checkpoint, ckpt, model, precision, calibration, staging, work, _Stages(console, staging / "export.log"))
+    run.keep_float = tuple(keep_float)
     try:
         run.calibrate(calibration_info)  # 2. the wire tensor's int8 parameters
         artifacts = run.device_artifacts(targets)  # 3. device targets, one module each
@@ -167,6 +177,7 @@ class _Export:
         self.example = torch.from_numpy(calibration[:1].copy())
         self.wire_shape = [1, *model.cfg.wire_shape]
         self.current = "load"
+        self.keep_float: tuple[str, ...] = ()
 
     def calibrate(self, calibration_info: dict) -> None:
         """The wire tensor's int8 parameters (static activation scales, where a precision has them,
@@ -189,6 +200,7 @@ class _Export:
             example=example,
             calibration=self.calibration,
             workdir=self.work,
+            keep_float=self.keep_float,
             metadata={
                 "author": "dtconvert",
                 "version": __version__,
@@ -211,6 +223,8 @@ class _Export:
             entry["inputs"] = inputs or [{"name": INPUT_NAME, "shape": list(example.shape), "dtype": "float32"}]
             entry["outputs"] = outputs or [{"name": OUTPUT_NAME, "shape": self.wire_shape, "dtype": "float32"}]
             entry["quantization"] = details.pop("quantization")
+            if self.keep_float:
+                entry["keep_float"] = {"patterns": list(self.keep_float), "modules": kept_modules(self.model.encoder, self.keep_float)}
             if "delegation" in details:
                 entry["delegation"] = details.pop("delegation")
             entry["details"] = details

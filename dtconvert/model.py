@@ -170,24 +170,33 @@ class FeedForward(nn.Module):
         return self.fc2(self.act(self.fc1(h)))
 
 
+class PairPool(nn.Module):
+    """Halves the token sequence: the mean of adjacent token pairs (Eq. 3's pooling).
+
+    Written as the two halves of a (B, T/2, 2D) view. Not avg_pool1d (onnx2tf mistranslated it)
+    nor .mean(dim=2) (XNNPACK leaves that mean undelegated). A module without parameters, so that
+    ``verify --explain`` and ``export --keep-float`` can name it (``layers.1.pool``)."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        b, t, d = h.shape
+        pairs = h.reshape(b, t // 2, 2 * d)
+        return (pairs[..., :d] + pairs[..., d:]) * 0.5
+
+
 class TransformerLayer(nn.Module):
     """Post-LN Transformer layer as in the paper's Eq. 1–2, optionally pooling first (Eq. 3)."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, pool: bool = False) -> None:
         super().__init__()
-        self.pool = pool
+        self.pool = PairPool() if pool else None
         self.attn = SelfAttention(dim, heads)
         self.norm1 = nn.LayerNorm(dim)
         self.ffn = FeedForward(dim, int(dim * mlp_ratio))
         self.norm2 = nn.LayerNorm(dim)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if self.pool:
-            # Mean of adjacent token pairs, as the two halves of a (B, T/2, 2D) view. Not avg_pool1d
-            # (onnx2tf mistranslated it) nor .mean(dim=2) (XNNPACK leaves that mean undelegated).
-            b, t, d = h.shape
-            pairs = h.reshape(b, t // 2, 2 * d)
-            h = (pairs[..., :d] + pairs[..., d:]) * 0.5
+        if self.pool is not None:
+            h = self.pool(h)
         h = self.norm1(h + self.attn(h))  # Eq. 1 / Eq. 3: Q, K, V all from the pooled h'
         return self.norm2(h + self.ffn(h))  # Eq. 2
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dtconvert.rewrite import layer_of
+from dtconvert.rewrite import kept_float, layer_of
 
 
 def pt2e_quantize(
@@ -21,7 +21,7 @@ def pt2e_quantize(
     *,
     dynamic: bool,
     float_modules: tuple[type, ...] = (),
-    float_layers: frozenset[str] = frozenset(),
+    keep_float: tuple[str, ...] = (),
     any_batch: bool = False,
 ) -> torch.nn.Module:
     """Post-training int8 quantization of the encoder with ExecuTorch's XNNPACK quantizer (pt2e).
@@ -29,8 +29,9 @@ def pt2e_quantize(
     Weights are int8, symmetric, per output channel. ``dynamic`` quantizes the inputs of linear
     and conv layers per token at run time (ExecuTorch's own choice for transformers) and leaves
     everything else in float; otherwise activations are int8 per tensor with scales fixed by
-    ``calibration`` (static). Modules of the types in ``float_modules``, and the layers named in
-    ``float_layers``, stay in float either way.
+    ``calibration`` (static). Modules of the types in ``float_modules``, and the modules that
+    ``keep_float`` names (module names or globs, see :func:`~dtconvert.rewrite.kept_float`), stay
+    in float either way.
     ``any_batch`` traces with a dynamic batch dimension, so the program can be lowered again at
     any fixed batch (``dtconvert bench``) with the same scales as the batch-1 export.
     """
@@ -41,9 +42,9 @@ def pt2e_quantize(
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
-    if float_layers:
+    if keep_float:
         # set_module_name(name, None) is not supported (ExecuTorch 1.5); a filter is.
-        quantizer.set_filter_function(lambda node: _not_a_scalar_multiply(node) and layer_of(node) not in float_layers)
+        quantizer.set_filter_function(lambda node: _not_a_scalar_multiply(node) and not kept_float(layer_of(node), keep_float))
     else:
         quantizer.set_filter_function(_not_a_scalar_multiply)
     for module_type in float_modules:

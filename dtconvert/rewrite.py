@@ -8,6 +8,7 @@ swap is proven equal to what it replaces by ``tests/test_rewrite.py``.
 from __future__ import annotations
 
 import copy
+import fnmatch
 
 import torch
 import torch.nn.functional as F
@@ -65,3 +66,45 @@ def layer_of(node) -> str:
         return "?"
     path = list(stack.values())[-1][0]
     return path.replace("L['self'].", "").replace("L__self__.", "") or "?"
+
+
+def kept_float(layer: str, patterns: tuple[str, ...]) -> bool:
+    """Whether the module named ``layer`` (or a module inside it) is kept float by ``--keep-float``.
+
+    A pattern is a module name of the device encoder or a glob over them (``layers.1.ffn``,
+    ``layers.*.attn``); it keeps that module and everything inside it."""
+    return any(fnmatch.fnmatchcase(prefix, pattern) for pattern in patterns for prefix in _prefixes(layer))
+
+
+def _prefixes(layer: str) -> list[str]:
+    parts = layer.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+
+
+def weighted_modules(encoder: nn.Module) -> list[str]:
+    """Names of the encoder's modules that a pattern can keep float: every module that holds
+    linear or conv weights, and the parameter-free pooling steps."""
+    from dtconvert.model import PairPool
+
+    names = []
+    for name, module in encoder.named_modules():
+        if not name:
+            continue
+        if isinstance(module, PairPool) or any(isinstance(m, (nn.Linear, nn.Conv2d)) for m in module.modules()):
+            names.append(name)
+    return names
+
+
+def check_keep_float(encoder: nn.Module, patterns: tuple[str, ...]) -> None:
+    """Raise :class:`~dtconvert.errors.UserError` for a ``--keep-float`` pattern that names no module."""
+    from dtconvert.errors import UserError
+
+    names = weighted_modules(encoder)
+    for pattern in patterns:
+        if not any(kept_float(name, (pattern,)) for name in names):
+            raise UserError(f"--keep-float {pattern!r}: the device encoder has no such module; its modules are {', '.join(names)}")
+
+
+def kept_modules(encoder: nn.Module, patterns: tuple[str, ...]) -> list[str]:
+    """The linear and conv layers that ``patterns`` keep float, by name."""
+    return [name for name, module in encoder.named_modules() if isinstance(module, (nn.Linear, nn.Conv2d)) and kept_float(name, patterns)]

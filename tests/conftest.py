@@ -335,3 +335,36 @@ def _prebuild_my_share(request) -> None:
             mine.extend(wanted)
     for name in mine:
         request.getfixturevalue(name)
+
+
+def plant_outlier(checkpoint: Path, out: Path, layer: int = 1, factor: float = 1000.0, compensate: bool = True) -> Path:
+    """A copy of ``checkpoint`` whose device layer ``layer`` feeds an outlier channel into its MLP's
+    second linear layer, the fp32 function unchanged.
+
+    The busiest hidden channel c of the MLP (largest mean activation on the training images):
+    fc1's row c and bias ×K, fc2's column c ÷K. ReLU(Kx) = K·ReLU(x), so the product is the same
+    (to float rounding), while fc2's input now holds one channel K times larger than the rest,
+    which one int8 scale per token cannot hold. ``compensate=False`` skips fc2's ÷K: a planted
+    fault that does change the function (the twin of the check that it is unchanged)."""
+    from dtconvert.checkpoint import build_model, load_checkpoint, save_checkpoint
+    from dtconvert.data import checkpoint_images
+
+    ckpt = load_checkpoint(checkpoint)
+    model = build_model(ckpt, checkpoint)
+    images, _ = checkpoint_images(ckpt, "train", 256)
+    ffn = model.encoder.layers[layer].ffn
+    seen = []
+    hook = ffn.act.register_forward_hook(lambda _m, _i, out: seen.append(out.detach()))
+    with torch.no_grad():
+        model.encoder(torch.from_numpy(images))
+    hook.remove()
+    channel = int(seen[0].reshape(-1, seen[0].shape[-1]).mean(0).argmax())
+    with torch.no_grad():
+        ffn.fc1.weight[channel] *= factor
+        ffn.fc1.bias[channel] *= factor
+        if compensate:
+            ffn.fc2.weight[:, channel] /= factor
+    planted = dict(ckpt)
+    planted["state_dict"] = {k: v.clone() for k, v in model.state_dict().items()}
+    save_checkpoint(out, planted)
+    return out

@@ -24,7 +24,7 @@ FLOORS = {
     1: ["recipe", "checkpoint", "data", "manifest", "tolerances", "describe", "evaluation", "quantize"],
     2: ["targets", "train"],
     3: ["export", "verify", "cloud", "batching", "triton", "client", "bench", "sweep"],
-    4: ["serve", "report", "demo"],
+    4: ["serve", "report", "demo", "auto"],
     5: ["cli"],
 }
 MAX_MODULE_LINES = 500

@@ -13,6 +13,8 @@ The report is plain data; ``dtconvert.report.bench`` draws it.
 * ``check``: ``validate_report``, the report against its schema, itself and the files.
 """
 
+from pathlib import Path
+
 from dtconvert.bench.check import validate_report
 from dtconvert.bench.machine import machine_info
 from dtconvert.bench.measure import summarize, time_interleaved
@@ -33,10 +35,20 @@ def parse_counts(text: str, flag: str) -> list[int]:
     return values
 
 
+def check_bench_options(export_dirs: list[Path], plot: Path | None) -> None:
+    """``dtconvert bench``'s arguments that typer cannot check alone."""
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise UserError(f"--plot {plot}: the plot is a PNG file; name it *.png")
+    for export_dir in export_dirs:
+        if not (export_dir / "manifest.json").is_file():
+            raise UserError(f"{export_dir}: not an export directory (no manifest.json)")
+
+
 __all__ = [
     "BENCH_FORMAT",
     "BENCH_VERSION",
     "calibration_for",
+    "check_bench_options",
     "lower_executorch",
     "machine_info",
     "parse_counts",

@@ -276,7 +276,14 @@ class MILReference:
         with _one_blas_thread():
             return np.concatenate([self._run({name: batch[i : i + 1]})[output] for i in range(len(batch))])
 
-    def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def every_op(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Execute the main function; returns every op's output by op name, in program order, and
+        the program's outputs by name (``verify --explain`` looks inside with it)."""
+        with _one_blas_thread():
+            env = self._run(inputs, keep_all=True)
+        return {**{entry[6]: env[entry[2]] for entry in self._plan}, **{name: env[name] for name in self.output_names}}
+
+    def _run(self, inputs: dict[str, np.ndarray], keep_all: bool = False) -> dict[str, np.ndarray]:
         if set(inputs) != set(self.inputs):
             raise ValueError(f"MIL reference expects inputs {sorted(self.inputs)}, got {sorted(inputs)}")
         env = dict(self._consts)
@@ -288,4 +295,4 @@ class MILReference:
         with np.errstate(over="ignore"):  # fp16 overflow to inf is the fp16 program's behaviour
             for entry in self._plan:
                 env[entry[2]] = self._execute(entry, env)
-        return {name: env[name] for name in self.output_names}
+        return env if keep_all else {name: env[name] for name in self.output_names}

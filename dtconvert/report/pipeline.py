@@ -67,6 +67,33 @@ def print_export_summary(export_dir: Path, manifest: dict) -> None:
     console.print(line, highlight=False)
 
 
+def print_auto_summary(result) -> None:
+    """``--precision auto``: each attempt, and what the modules it kept float cost against the all-int8 one."""
+    console = make_console()
+    table = Table(title="export --precision auto: int8, float where the gate needs it")
+    targets = list(result.attempts[0].bytes)
+    for column in ("kept float", "gate", *(f"{t} bytes" for t in targets), *(f"{t} ms" for t in targets)):
+        table.add_column(column, justify="left" if column in ("kept float", "gate") else "right")
+    for a in result.attempts:
+        table.add_row(
+            ", ".join(a.keep_float) or "nothing",
+            "pass" if a.passed else f"FAIL ({a.culprit or '?'})",
+            *(f"{a.bytes[t]:,}" for t in targets),
+            *(f"{a.latency_ms[t]:.3f}" for t in targets),
+        )
+    console.print(table)
+    first, last = result.attempts[0], result.attempts[-1]
+    if last.keep_float:
+        costs = ", ".join(
+            f"{t} +{last.bytes[t] - first.bytes[t]:,} B ({last.bytes[t] / first.bytes[t]:.2f}×), "
+            f"{last.latency_ms[t] / first.latency_ms[t]:.2f}× latency"
+            for t in targets
+        )
+        console.print(f"kept float: {', '.join(last.keep_float)}; cost against all-int8: {costs}", highlight=False)
+    else:
+        console.print("kept float: nothing", highlight=False)
+
+
 def print_client_report(report, manifest: dict) -> None:
     tasks = [t["name"] for t in manifest["tasks"]]
     console = make_console()

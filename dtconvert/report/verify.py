@@ -84,13 +84,45 @@ def flips_table(report: Report) -> Table | None:
     return table
 
 
+def explain_table(explanation: dict) -> Table:
+    """``--explain``: one row per point of the device encoder, one column per runtime view, SQNR in
+    dB against fp32 (red below the view's floor; blank where the runtime cannot look)."""
+    views = explanation["views"]
+    table = Table(title=f"where the device encoder parts from fp32: SQNR (dB) on {explanation['images']} images")
+    table.add_column("point")
+    table.add_column("computes")
+    for v in views:
+        table.add_column(escape(v["runtime"]), justify="right")
+    for point in explanation["points"]:
+        cells = []
+        for v in views:
+            value = v["sqnr_db"].get(point["name"])
+            text = "" if value is None else f"{value:.1f}"
+            cells.append(f"[red]{text}[/]" if value is not None and value < v["floor_db"] else text)
+        table.add_row(escape(point["name"]), escape(point["kind"]), *cells)
+    return table
+
+
+def explain_lines(explanation: dict) -> list[str]:
+    """Per view what it can see and its first point below the floor; then the advice."""
+    lines = []
+    for v in explanation["views"]:
+        first = v["first_below"] or "none"
+        lines.append(f"{v['runtime']} ({v['artifact']}): sees {v['sees']}; first below {v['floor_db']:g} dB: {first}")
+    return [*lines, explanation["advice"]]
+
+
 def print_verify(report: Report) -> None:
-    """The check table, then the worst flips when there are any."""
+    """The check table, then the worst flips when there are any, then the explanation when there is one."""
     console = make_console()
     console.print(verify_table(report))
     flips = flips_table(report)
     if flips is not None:
         console.print(flips)
+    if report.explanation is not None:
+        console.print(explain_table(report.explanation))
+        for line in explain_lines(report.explanation):
+            console.print(escape(line), highlight=False)
 
 
 # ---- GitHub Actions ---------------------------------------------------------------------------

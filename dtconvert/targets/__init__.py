@@ -101,6 +101,7 @@ class ExportJob:
     calibration: np.ndarray  # (N, C, H, W) preprocessed calibration images
     workdir: Path = Path(".")  # scratch space for intermediate files
     metadata: dict = field(default_factory=dict)  # description, version, tasks, wire spec
+    keep_float: tuple[str, ...] = ()  # --keep-float: module names or globs of the encoder that stay float
 
 
 Run = Callable[[np.ndarray], np.ndarray]

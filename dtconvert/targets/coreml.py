@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dtconvert.rewrite import kept_float
 from dtconvert.targets import (
     FP32,
     INPUT_NAME,
@@ -80,6 +81,37 @@ def mil_op_precisions(path: Path) -> dict[str, dict[str, int]]:
     return {k: dict(sorted(v.items())) for k, v in kinds.items()}
 
 
+def converted_program(
+    encoder: torch.nn.Module, example: torch.Tensor, calibration: np.ndarray, precision: str, keep_float: tuple[str, ...] = ()
+) -> torch.export.ExportedProgram:
+    """The torch.export program that coremltools converts for ``precision``: the fp32 encoder, or
+    for ``int8-static`` the static pt2e program (the ``keep_float`` modules left float)."""
+    module = encoder
+    if precision == "int8-static":
+        from dtconvert.quantize import pt2e_quantize
+
+        module = pt2e_quantize(encoder, example, calibration, dynamic=False, keep_float=keep_float)
+    return torch.export.export(module, (example,)).run_decompositions({})
+
+
+def mil_layers(mil_program, program: torch.export.ExportedProgram) -> dict[str, str]:
+    """MIL op name → the encoder module (``layers.1.ffn.fc2``) whose torch node it was converted from.
+
+    coremltools names an op after the torch.export node it converts, with a suffix for the dtype
+    it computes in (``linear_5`` → ``linear_5_cast_fp16``) and ``_0`` on a first node
+    (``linear`` → ``linear_0_cast_fp16``); ops it inserts (casts, transposes) map to nothing."""
+    from dtconvert.rewrite import layer_of
+
+    sources = {node.name: layer_of(node) for node in program.graph.nodes if node.op == "call_function"}
+    layers = {}
+    for op in mil_program.functions["main"].operations:
+        base = op.name.removesuffix("_cast_fp16").removesuffix("_cast_fp32")
+        source = sources.get(base) or (sources.get(base.removesuffix("_0")) if base.endswith("_0") else None)
+        if source and source != "?":
+            layers[op.name] = source
+    return layers
+
+
 def io_spec(path: Path) -> dict:
     """Input and output names, shapes and dtypes as the saved package declares them."""
     from dtconvert.mil_reference import io_signature
@@ -95,12 +127,7 @@ class CoreMLTarget:
     def export(self, job: ExportJob, path: Path) -> dict:
         import coremltools as ct
 
-        module = job.encoder
-        if job.precision == "int8-static":
-            from dtconvert.quantize import pt2e_quantize
-
-            module = pt2e_quantize(job.encoder, job.example, job.calibration, dynamic=False)
-        program = torch.export.export(module, (job.example,)).run_decompositions({})
+        program = converted_program(job.encoder, job.example, job.calibration, job.precision, job.keep_float)
         # fp32 keeps float32 compute; the int8 schemes compute their float parts in fp16, Core ML's default.
         precision = ct.precision.FLOAT32 if job.precision == "fp32" else ct.precision.FLOAT16
         try:
@@ -115,10 +142,14 @@ class CoreMLTarget:
         except (NotImplementedError, ValueError, RuntimeError) as e:
             raise ExportError(f"coremltools could not convert the encoder: {str(e).strip().splitlines()[0]}") from e
         if job.precision == "int8":
+            # --keep-float: the ops that the kept modules' torch nodes became keep float weights.
+            layers = mil_layers(model._mil_program, program)
+            kept = {op: None for op, layer in layers.items() if kept_float(layer, job.keep_float)}
             config = ct.optimize.coreml.OptimizationConfig(
                 global_config=ct.optimize.coreml.OpLinearQuantizerConfig(
                     mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=WEIGHT_THRESHOLD
-                )
+                ),
+                op_name_configs=kept,
             )
             model = ct.optimize.coreml.linear_quantize_weights(model, config=config)
         meta = job.metadata

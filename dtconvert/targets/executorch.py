@@ -77,11 +77,17 @@ def _whole_graph_partitioner():
 
 
 def prepare(
-    encoder: torch.nn.Module, example: torch.Tensor, calibration: np.ndarray, precision: str, any_batch: bool = False
+    encoder: torch.nn.Module,
+    example: torch.Tensor,
+    calibration: np.ndarray,
+    precision: str,
+    any_batch: bool = False,
+    keep_float: tuple[str, ...] = (),
 ) -> torch.nn.Module:
     """The module ExecuTorch lowers for ``precision``: the encoder with LayerNorms in linear form,
     quantized by the precision's scheme. LayerNorm stays float; so do, for the default int8,
-    the layers with fewer than WEIGHT_THRESHOLD weights (int8-static is full-integer)."""
+    the layers with fewer than WEIGHT_THRESHOLD weights (int8-static is full-integer), and the
+    modules ``keep_float`` names."""
     from dtconvert.quantize import pt2e_quantize
     from dtconvert.rewrite import LinearLayerNorm, with_linear_layer_norms
 
@@ -95,7 +101,7 @@ def prepare(
         calibration,
         dynamic=dynamic,
         float_modules=(LinearLayerNorm,),
-        float_layers=frozenset(small_weight_layers(swapped) if dynamic else ()),
+        keep_float=(*sorted(small_weight_layers(swapped) if dynamic else ()), *keep_float),
         any_batch=any_batch,
     )
 
@@ -169,7 +175,7 @@ class ExecuTorchTarget:
     schemes = SCHEMES
 
     def export(self, job: ExportJob, path: Path) -> dict:
-        module = prepare(job.encoder, job.example, job.calibration, job.precision)
+        module = prepare(job.encoder, job.example, job.calibration, job.precision, keep_float=job.keep_float)
         edge = lower(module, job.example)
         graph = edge.exported_program().graph_module
         outside = outside_delegate(graph)

@@ -197,6 +197,67 @@ def make_runner(path: Path, reference_kernels: bool = False, threads: int | None
     return run
 
 
+def kept_weights(encoder, patterns: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The float32 weights of the linear and conv layers that ``--keep-float`` keeps (those below
+    the weight threshold are float already), in TFLite's layout: (out, in) and (out, H, W, in)."""
+    import torch
+
+    from dtconvert.rewrite import kept_float
+    from dtconvert.targets import WEIGHT_THRESHOLD
+
+    kept = {}
+    for name, module in encoder.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and kept_float(name, patterns):
+            if module.weight.numel() >= WEIGHT_THRESHOLD:
+                weight = module.weight.detach().numpy().astype(np.float32)
+                kept[name] = weight.transpose(0, 2, 3, 1) if weight.ndim == 4 else weight
+    return kept
+
+
+def float_weights(data: bytes, kept: dict[str, np.ndarray]) -> bytes:
+    """The dynamic-range model with the kept layers' weights in float32: their FULLY_CONNECTED and
+    CONV_2D ops then take float inputs, and XNNPACK runs them in float.
+
+    TFLite's converter has no per-layer switch for dynamic-range quantization, so each kept
+    layer's op is found by its int8 weights (they dequantize to the module's weights within half
+    a step, per output channel) and given the module's float32 weights instead."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    weight_ops = {schema.BuiltinOperator.FULLY_CONNECTED, schema.BuiltinOperator.CONV_2D}
+    found: set[str] = set()
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            if max(code.builtinCode, code.deprecatedBuiltinCode) not in weight_ops:
+                continue
+            tensor = subgraph.tensors[op.inputs[1]]
+            if tensor.type != schema.TensorType.INT8 or tensor.quantization is None:
+                continue
+            name = _weights_of(tensor, model.buffers[tensor.buffer], kept)
+            if name is not None:
+                tensor.type = schema.TensorType.FLOAT32
+                tensor.quantization = None
+                model.buffers[tensor.buffer].data = np.frombuffer(kept[name].tobytes(), dtype=np.uint8)
+                found.add(name)
+    missing = sorted(set(kept) - found)
+    if missing:
+        raise ExportError(f"--keep-float: no int8 op of the .tflite holds the weights of {', '.join(missing)}")
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _weights_of(tensor, buffer, kept: dict[str, np.ndarray]) -> str | None:
+    """The kept module whose weights this int8 tensor holds, if any."""
+    shape = tuple(int(d) for d in tensor.shape)
+    q = np.frombuffer(bytes(buffer.data), dtype=np.int8).reshape(shape).astype(np.float64)
+    scales = np.asarray(tensor.quantization.scale, dtype=np.float64).reshape(-1, *([1] * (len(shape) - 1)))
+    for name, weight in kept.items():
+        if weight.shape == shape and np.all(np.abs(q * scales - weight) <= scales * 0.5 + 1e-7):
+            return name
+    return None
+
+
 class TFLiteTarget:
     name = "tflite"
     extension = "tflite"
@@ -316,11 +377,16 @@ class TFLiteTarget:
             # tensor with the manifest's scale and zero point, as for every other target.
         else:
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if job.keep_float and job.precision == "int8-static":
+            raise ExportError("--keep-float with int8-static is not supported on tflite: a full-integer model has no float ops")
         with no_network():
             try:
-                return converter.convert()
+                data = converter.convert()
             except Exception as e:  # the converter raises ConverterError and friends
                 raise ExportError(f"TFLiteConverter failed: {str(e).strip().splitlines()[0]}") from e
+        if job.keep_float and job.precision == "int8":
+            data = float_weights(data, kept_weights(job.encoder, job.keep_float))
+        return data
 
     def runtimes(self) -> list[str]:
         return ["litert", "litert-reference"]

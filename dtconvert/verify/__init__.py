@@ -31,7 +31,7 @@ from dtconvert.evaluation import verification_data
 from dtconvert.manifest import load_manifest
 from dtconvert.targets import RUNTIMES, Run, UnsupportedByRuntime, load_target, looped
 from dtconvert.tolerances import load_tolerances
-from dtconvert.verify.checks import check_integrity, check_preprocessing, check_structure, check_wire
+from dtconvert.verify.checks import check_integrity, check_kept_float, check_preprocessing, check_structure, check_wire
 from dtconvert.verify.end_to_end import EndToEnd
 from dtconvert.verify.results import Check, Report, write_reports
 
@@ -59,8 +59,12 @@ def verify_export(
     tolerance_file: Path | None = None,
     limit: int | None = None,
     log=print,
+    explain: bool | None = None,
 ) -> Report:
-    """Run every check on an export directory; never raises for a failed check, only for bad input."""
+    """Run every check on an export directory; never raises for a failed check, only for bad input.
+
+    ``explain``: also measure every point inside each device artifact (``verify --explain``);
+    None (the default) does so when a check failed."""
     start = time.perf_counter()
     export_dir = Path(export_dir)
     manifest = load_manifest(export_dir)
@@ -74,6 +78,11 @@ def verify_export(
         for entry in (e for e in manifest["artifacts"] if e["part"] == "device"):
             for runtime in run.device_artifact(entry):  # 3. each device artifact in every runtime this host has
                 log(f"✓ {runtime} on {len(evaluation.images)} images")
+        if explain or (explain is None and not report.passed):
+            from dtconvert.verify.explain import explain_export
+
+            tolerances = load_tolerances(tolerance_file)
+            report.explanation = explain_export(export_dir, manifest, evaluation.images, tolerances, log=log).to_json()
     report.seconds = time.perf_counter() - start
     return report
 
@@ -98,6 +107,7 @@ class _Verification:
             raise UserError(f"{export_dir}: the manifest lists no reference model or cloud decoder to verify against")
         self.cloud_name = by_target["torchscript"]["path"]
         reference = _load(export_dir / by_target["reference"]["path"], "TorchScript", load_decoder)
+        self.reference_state = reference.state_dict()
         self.decoder = _load(export_dir / self.cloud_name, "TorchScript", load_decoder)
         with torch.no_grad():
             outputs = reference(torch.from_numpy(evaluation.images))
@@ -128,6 +138,7 @@ class _Verification:
         name, target, report = entry["path"], entry["target"], self.report
         try:
             check_structure(report, self.export_dir, entry, self.tolerances.get(target, self.precision))
+            check_kept_float(report, self.export_dir, entry, self.reference_state)
             runners = device_runners(self.export_dir, entry)
         except UnsupportedByRuntime as e:
             report.add(name, "-", "load", False, str(e))

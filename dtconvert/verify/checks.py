@@ -169,3 +169,34 @@ def check_delegation(report: Report, export_dir: Path, entry: dict, bounds: dict
     summary = f"{partitions} XNNPACK {unit}, {n_outside} ops outside" + (f" ({bound_text})" if bound_text else " (reported, no bound)")
     report.add(entry["path"], "-", "delegation", not problems, "; ".join(problems) if problems else summary)
     report.structure[entry["path"]] = {"delegation": {"partitions": partitions, "ops_outside_delegate": outside}}
+
+
+def check_kept_float(report: Report, export_dir: Path, entry: dict, reference_state: dict) -> None:
+    """``--keep-float``: each kept layer's fp32 weights are in the artifact's bytes, as float.
+
+    Read from the artifact itself: the weights of the export's fp32 reference, in every layout and
+    float width a runtime stores them (float32 in a .pte's XNNPACK blob and in a .tflite; float16
+    in a Core ML program computing in float16; conv weights also channels-last), must occur
+    verbatim. An int8 layer stores none of these."""
+    kept = entry.get("keep_float")
+    if not kept:
+        return
+    path = export_dir / entry["path"]
+    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+    blob = b"".join(f.read_bytes() for f in files)
+    missing = []
+    for name in kept["modules"]:
+        weight = reference_state.get(f"encoder.{name}.weight")
+        if weight is None:
+            missing.append(f"{name} (not in the reference model)")
+            continue
+        w = weight.detach().numpy()
+        forms = [w, w.transpose(0, 2, 3, 1)] if w.ndim == 4 else [w]
+        if not any(np.ascontiguousarray(f, dtype=dtype).tobytes() in blob for f in forms for dtype in (np.float32, np.float16)):
+            missing.append(name)
+    detail = (
+        f"no float weights of {', '.join(missing)} in the artifact"
+        if missing
+        else f"{len(kept['modules'])} layers float as the manifest records ({', '.join(kept['patterns'])})"
+    )
+    report.add(entry["path"], "-", "kept float", not missing, detail)

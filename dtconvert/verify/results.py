@@ -28,6 +28,7 @@ class Report:
     metrics: dict = field(default_factory=dict)  # artifact → runtime → numbers
     structure: dict = field(default_factory=dict)  # artifact → {"delegation": {...}}, measured from the artifact
     seconds: float = 0.0
+    explanation: dict | None = None  # verify --explain (and every failed gate): the per-point SQNR table
 
     @property
     def passed(self) -> bool:
@@ -56,6 +57,7 @@ class Report:
             "metrics": self.metrics,
             "structure": self.structure,
             "checks": [asdict(c) for c in self.checks],
+            "explanation": self.explanation,
         }
 
     def summary(self) -> dict:
@@ -69,6 +71,7 @@ class Report:
             "structure": self.structure,
             "failed": [asdict(c) for c in self.checks if not c.passed],
             "checks": len(self.checks),
+            "explanation": self.explanation,
         }
 
     def to_junit(self) -> str:
