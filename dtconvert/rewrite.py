@@ -108,3 +108,8 @@ def check_keep_float(encoder: nn.Module, patterns: tuple[str, ...]) -> None:
 def kept_modules(encoder: nn.Module, patterns: tuple[str, ...]) -> list[str]:
     """The linear and conv layers that ``patterns`` keep float, by name."""
     return [name for name, module in encoder.named_modules() if isinstance(module, (nn.Linear, nn.Conv2d)) and kept_float(name, patterns)]
+
+
+def within(layer: str, module: str) -> bool:
+    """Whether the layer path ``layer`` (from :func:`layer_of`) is ``module`` or inside it."""
+    return layer == module or layer.startswith(module + ".")

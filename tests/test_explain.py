@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_one_line_error, built_once, plant_outlier, run_cli
+from tests.conftest import assert_one_line_error, built_once, plant_outlier, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -54,14 +54,14 @@ def test_planting_leaves_the_fp32_function_unchanged(digits_ckpt, planted_ckpt, 
 
 
 def test_default_int8_fails_and_explain_names_the_planted_layer(planted_export):
-    from conftest import manifest_of
+    from tests.conftest import manifest_of
 
     verification = manifest_of(planted_export)["verification"]
     assert not verification["passed"]
     explanation = verification["explanation"]  # a failed gate explains itself
     assert explanation["culprit"] == PLANTED
     inside = [v for v in explanation["views"] if v["inside"]]
-    assert {v["runtime"] for v in inside} == {"pt2e program", "MIL reference"}
+    assert {v["runtime"] for v in inside} == {"pt2e program", "MIL reference", "LiteRT reference kernels"}
     for view in inside:
         assert view["first_below"] == PLANTED, view
         assert view["sqnr_db"][PLANTED] < view["floor_db"] <= view["sqnr_db"]["layers.1.attn"], view

@@ -109,11 +109,14 @@ def calibration_for(ckpt: dict, manifest: dict) -> np.ndarray:
     return images
 
 
-def lower_executorch(ckpt: dict, precision: str, batch: int, calibration: np.ndarray, path: Path, quantized=None):
+def lower_executorch(
+    ckpt: dict, precision: str, batch: int, calibration: np.ndarray, path: Path, quantized=None, keep_float: tuple[str, ...] = ()
+):
     """Lower the checkpoint's encoder to an XNNPACK ``.pte`` at a fixed ``batch`` exactly as export
     does (the ExecuTorch target's own ``prepare`` and ``lower``; static scales from the same images
-    in the same order, traced with a dynamic batch so one calibration serves every batch size).
-    ``quantized`` reuses a module prepared by an earlier call; returns the prepared module."""
+    in the same order, traced with a dynamic batch so one calibration serves every batch size; the
+    export's ``--keep-float`` modules float). ``quantized`` reuses a module prepared by an earlier
+    call; returns the prepared module."""
     import torch
 
     from dtconvert.checkpoint import build_model
@@ -122,7 +125,7 @@ def lower_executorch(ckpt: dict, precision: str, batch: int, calibration: np.nda
     encoder = build_model(ckpt).encoder.eval()
     example = torch.from_numpy(np.ascontiguousarray(np.resize(calibration, (batch, *calibration.shape[1:]))))
     if quantized is None:
-        quantized = et.prepare(encoder, example[:1], calibration, precision, any_batch=precision != "fp32")
+        quantized = et.prepare(encoder, example[:1], calibration, precision, any_batch=precision != "fp32", keep_float=keep_float)
     path.write_bytes(et.lower(quantized, example).to_executorch().buffer)
     return quantized
 
@@ -251,7 +254,9 @@ class Relowering:
         relowered = self.work / f"et_{len(self.quantized)}_{precision}_b{b}.pte"
         calibration = self.calibration if self.calibration is not None else self.images
         previous = self.quantized.get(str(shipped))
-        self.quantized[str(shipped)] = lower_executorch(self.ckpt, precision, b, calibration, relowered, quantized=previous)
+        entry: dict = next((e for e in manifest["artifacts"] if e["path"] == shipped.name), {})
+        keep = tuple((entry.get("keep_float") or {}).get("patterns") or ())
+        self.quantized[str(shipped)] = lower_executorch(self.ckpt, precision, b, calibration, relowered, previous, keep)
         plan.path = str(relowered)
         plan.how = f"re-lowered at batch {b} from the checkpoint"
         plan.delegation = measure_delegation(relowered, "executorch")

@@ -96,8 +96,11 @@ def explain_table(explanation: dict) -> Table:
     for point in explanation["points"]:
         cells = []
         for v in views:
-            value = v["sqnr_db"].get(point["name"])
-            text = "" if value is None else f"{value:.1f}"
+            if point["name"] not in v["sqnr_db"]:
+                cells.append("")
+                continue
+            value = v["sqnr_db"][point["name"]]
+            text = "exact" if value is None else f"{value:.1f}"
             cells.append(f"[red]{text}[/]" if value is not None and value < v["floor_db"] else text)
         table.add_row(escape(point["name"]), escape(point["kind"]), *cells)
     return table

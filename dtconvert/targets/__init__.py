@@ -131,6 +131,13 @@ class Target(Protocol):
         """Keys of :data:`RUNTIMES` that can run this target's artifacts on this host, best first
         (empty when none can: Core ML on Linux has only the MIL reference, which is a runtime here)."""
 
+    def look_inside(
+        self, path: Path, runtime: str, encoder: torch.nn.Module, images: np.ndarray, points: list[str], precision: str, keep_float=()
+    ) -> dict[str, np.ndarray] | str:
+        """The artifact's output at each of the encoder's modules named in ``points`` (and ``"wire"``)
+        on ``images`` as ``runtime`` computes them, or one line saying why ``runtime`` cannot show
+        them (``verify --explain``). ``encoder`` is the fp32 device encoder the artifact came from."""
+
     def runner(self, path: Path, runtime: str | None = None, *, threads: int | None = None, batch: int = 1) -> Run:
         """Load the artifact in ``runtime`` (default: the target's first) and return a function from
         a preprocessed (``batch``, C, H, W) float32 array to the float wire tensor; raise

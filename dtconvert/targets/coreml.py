@@ -186,6 +186,11 @@ class CoreMLTarget:
         )
         return problems, "all ops in the allow-list; I/O as in the manifest"
 
+    def look_inside(self, path: Path, runtime: str, encoder, images: np.ndarray, points: list[str], precision: str, keep_float=()):
+        if runtime != "mil-reference":
+            return "the wire only: Core ML's prediction API returns the model's outputs only"
+        return mil_point_values(path, encoder, images, points, precision, keep_float)
+
     def runtimes(self) -> list[str]:
         # Core ML predicts only on macOS; elsewhere the MIL program runs in dtconvert's numpy interpreter.
         return ["coreml-cpu", "coreml-all"] if platform.system() == "Darwin" else ["mil-reference"]
@@ -218,4 +223,42 @@ def directory_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-__all__ = ["CoreMLTarget", "directory_bytes", "io_spec", "mil_op_precisions", "mil_ops"]
+def mil_point_values(
+    path: Path, encoder: torch.nn.Module, images: np.ndarray, points: list[str], precision: str, keep_float: tuple[str, ...] = ()
+) -> dict[str, np.ndarray]:
+    """The output of every module in ``points`` inside the shipped ML program, run in the MIL
+    reference interpreter one image at a time (``"wire"``: its output). An op belongs to the
+    module whose torch node it was converted from (:func:`mil_layers`, from ``encoder`` converted
+    again the way the export did); a module's output is its last float op."""
+    from dtconvert.mil_reference import MILReference, load_program
+    from dtconvert.rewrite import within
+
+    program = converted_program(encoder, torch.from_numpy(images[:1]), images, precision, keep_float)
+    layers = mil_layers(load_program(path), program)
+    reference = MILReference(path)
+    first = reference.every_op({INPUT_NAME: images[:1]})
+    last = {}
+    for point in points:
+        inside = [op for op in first if op in layers and within(layers[op], point) and first[op].dtype.kind == "f"]
+        if inside:
+            last[point] = inside[-1]
+    captured: dict[str, list[np.ndarray]] = {point: [] for point in last}
+    wires = []
+    for i in range(len(images)):
+        out = reference.every_op({INPUT_NAME: images[i : i + 1]})
+        for point, op in last.items():
+            captured[point].append(out[op].astype(np.float32))
+        wires.append(out[OUTPUT_NAME])
+    return {**{point: np.concatenate(v) for point, v in captured.items()}, "wire": np.concatenate(wires)}
+
+
+__all__ = [
+    "CoreMLTarget",
+    "converted_program",
+    "directory_bytes",
+    "io_spec",
+    "mil_layers",
+    "mil_op_precisions",
+    "mil_ops",
+    "mil_point_values",
+]

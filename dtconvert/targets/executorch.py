@@ -197,6 +197,17 @@ class ExecuTorchTarget:
     def runtimes(self) -> list[str]:
         return ["executorch"]
 
+    def look_inside(self, path: Path, runtime: str, encoder, images: np.ndarray, points: list[str], precision: str, keep_float=()):
+        """The .pte's wire only: why (see :meth:`dtconvert.targets.Target.look_inside`)."""
+        return (
+            "the wire only: the encoder is one XNNPACK delegate call, and ExecuTorch 1.5's intermediate-output "
+            "capture stops at a delegate's boundary"
+        )
+
+    def program_points(self, encoder, images: np.ndarray, points: list[str], precision: str, keep_float=()):
+        """The quantized program before lowering, every point (:func:`program_point_values`); None for fp32."""
+        return None if precision == "fp32" else program_point_values(encoder, images, points, precision, keep_float)
+
     def delegation(self, path: Path) -> dict:
         kernels, delegates = pte_kernel_ops(path)
         return {"partitions": delegates, "ops_outside_delegate": kernels}
@@ -247,3 +258,47 @@ def pte_kernel_ops(path: Path) -> tuple[dict[str, int], int]:
                 elif isinstance(args, DelegateCall):
                     delegates += 1
     return dict(sorted(kernels.items())), delegates
+
+
+def program_point_values(
+    encoder: torch.nn.Module, images: np.ndarray, points: list[str], precision: str, keep_float: tuple[str, ...] = ()
+) -> dict[str, np.ndarray]:
+    """The output of every module in ``points`` inside the quantized program that :func:`prepare`
+    makes for ExecuTorch to lower, run in torch one image at a time (``"wire"``: its output).
+
+    A module's output is the last float node computed inside it (``nn_module_stack``), the value
+    the next module reads. Static scales are calibrated on ``images``."""
+    from dtconvert.rewrite import within
+
+    example = torch.from_numpy(images[:1])
+    module = prepare(encoder, example, images, precision, keep_float=keep_float)
+    assert isinstance(module, torch.fx.GraphModule), "an int8 precision lowers a pt2e GraphModule"
+    floats: set[str] = set()
+
+    class Shapes(torch.fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if isinstance(out, torch.Tensor) and out.is_floating_point():
+                floats.add(n.name)
+            return out
+
+    with torch.no_grad():
+        Shapes(module).run(example)
+    calls = [n for n in module.graph.nodes if n.op == "call_function" and n.name in floats]
+    last = {}
+    for point in points:
+        inside = [n.name for n in calls if within(layer_of(n), point)]
+        if inside:
+            last[inside[-1]] = point
+    captured: dict[str, list[np.ndarray]] = {point: [] for point in last.values()}
+
+    class Capture(torch.fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if n.name in last:
+                captured[last[n.name]].append(out.numpy())
+            return out
+
+    with torch.no_grad():
+        wires = [Capture(module).run(torch.from_numpy(images[i : i + 1])).numpy() for i in range(len(images))]
+    return {**{point: np.concatenate(v) for point, v in captured.items()}, "wire": np.concatenate(wires)}

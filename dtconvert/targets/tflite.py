@@ -391,6 +391,12 @@ class TFLiteTarget:
     def runtimes(self) -> list[str]:
         return ["litert", "litert-reference"]
 
+    def look_inside(self, path: Path, runtime: str, encoder, images: np.ndarray, points: list[str], precision: str, keep_float=()):
+        if runtime != "litert-reference":
+            return "the wire only: XNNPACK's partition keeps its tensors to itself (the reference kernels show them)"
+        values = point_values(path, len(encoder.layers), images)
+        return values if values is not None else "the wire only: the graph's LayerNorms and residual adds were not found"
+
     def structure(self, path: Path, entry: dict) -> tuple[list[str], str]:
         """Problems with the .tflite's ops and I/O against its manifest entry, and what a pass says."""
         flex = non_builtin_ops(tflite_ops(path))
@@ -422,3 +428,88 @@ def _sample_images(calibration: np.ndarray) -> np.ndarray:
     if len(out) < 20:
         out = np.concatenate([out] * (20 // len(out) + 1))[:20]
     return out
+
+
+def _producers(nodes: list[dict]) -> dict[int, dict]:
+    return {int(t): n for n in nodes for t in n["outputs"] if t >= 0}
+
+
+def _through_layout(tensor: int, producer: dict[int, dict]) -> dict | None:
+    """The op that computed ``tensor``, looking through the TRANSPOSE and RESHAPE that onnx2tf inserts."""
+    node = producer.get(tensor)
+    while node is not None and node["op_name"] in ("TRANSPOSE", "RESHAPE", "QUANTIZE", "DEQUANTIZE"):
+        node = producer.get(int(node["inputs"][0]))
+    return node
+
+
+def point_tensors(interpreter, layers: int) -> dict[str, int] | None:
+    """Tensor index of each point of the device encoder in a .tflite from onnx2tf, found by structure.
+
+    onnx2tf writes each LayerNorm as Keras' ``layer_normalization_N`` ops (MEAN … ADD
+    ``batchnorm/add_1``), two per Transformer layer in order. A LayerNorm's input is the residual
+    ADD; of its two inputs the one computed by a FULLY_CONNECTED is the branch (attention's
+    projection, or the MLP's second layer), the other the layer's input (after pooling, if it
+    pools). None when the graph does not have that shape."""
+    nodes = interpreter._get_ops_details()
+    producer = _producers(nodes)
+    names = {d["index"]: d["name"] for d in interpreter.get_tensor_details()}
+    norms: dict[str, list[dict]] = {}
+    for n in nodes:
+        for t in n["outputs"]:
+            key = next((part for part in names.get(int(t), "").split("/") if part.startswith("layer_normalization")), None)
+            if key is not None:
+                norms.setdefault(key, []).append(n)
+    if len(norms) != 2 * layers:
+        return None
+    found: dict[str, int] = {}
+    convs = [n for n in nodes if n["op_name"] == "CONV_2D"]
+    if convs:
+        found["patch_embed"] = int(convs[0]["outputs"][0])
+    ordered = sorted(norms.values(), key=lambda group: group[0]["index"])
+    for i in range(layers):
+        for j, branch_name in enumerate(("attn", "ffn")):
+            group = ordered[2 * i + j]
+            residual = producer.get(int(group[0]["inputs"][0]))
+            if residual is None or residual["op_name"] != "ADD":
+                return None
+            a, b = (int(t) for t in residual["inputs"][:2])
+            branch, other = (a, b) if (_through_layout(a, producer) or {}).get("op_name") == "FULLY_CONNECTED" else (b, a)
+            found[f"layers.{i}.{branch_name}"] = branch
+            if j == 0:
+                found[f"layers.{i}.pool"] = other
+            else:
+                found[f"layers.{i}"] = int(group[-1]["outputs"][0])
+    return found
+
+
+def point_values(path: Path, layers: int, images: np.ndarray) -> dict[str, np.ndarray] | None:
+    """Every point of the device encoder (see :func:`point_tensors`) on ``images``, from LiteRT's
+    reference kernels with every tensor kept (a delegate's tensors are not), int8 ones
+    dequantized with their own parameters; conv outputs NCHW as torch has them. None when the
+    graph's points cannot be found."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(
+        model_path=str(path), experimental_preserve_all_tensors=True, experimental_op_resolver_type=OpResolverType.BUILTIN_REF
+    )
+    interpreter.allocate_tensors()
+    tensors = point_tensors(interpreter, layers)
+    if tensors is None:
+        return None
+    signature = interpreter.get_signature_runner()
+    index_in, index_out = signature.get_input_details()[INPUT_NAME]["index"], signature.get_output_details()[OUTPUT_NAME]["index"]
+    del signature
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    captured: dict[str, list[np.ndarray]] = {name: [] for name in tensors}
+    wires = []
+    for i in range(len(images)):
+        interpreter.set_tensor(index_in, np.ascontiguousarray(images[i : i + 1], dtype=np.float32))
+        interpreter.invoke()
+        for name, index in tensors.items():
+            value = interpreter.get_tensor(index)
+            scale, zero_point = details[index]["quantization"]
+            if value.dtype.kind == "i" and scale:
+                value = (value.astype(np.float32) - zero_point) * scale
+            captured[name].append(value.transpose(0, 3, 1, 2) if value.ndim == 4 else value)
+        wires.append(interpreter.get_tensor(index_out))
+    return {**{name: np.concatenate(v) for name, v in captured.items()}, "wire": np.concatenate(wires)}

@@ -1,22 +1,23 @@
 """``dtconvert verify --explain``: where inside the device encoder an artifact parts from fp32.
 
 For each point of the device encoder (the patch stem; in each layer the pooling, attention, MLP
-and the layer's output; the bottleneck; the int8 wire), the SQNR of that point's output against
-the fp32 model on the same images, per runtime as far as the runtime lets one look inside:
+and the layer's output; the bottleneck; the int8 wire as sent), the SQNR of that point's output
+against the fp32 model on the same images, per runtime as far as the runtime lets one look
+inside. Each target says how far (``look_inside``):
 
-* **pt2e program**: the quantized PyTorch module that ExecuTorch lowers, rebuilt from the
-  export's own fp32 reference with the artifact's precision and ``--keep-float`` and run in
-  torch, every point visible. Static scales are calibrated on the verification images (the
-  export's calibration images are not in the export), so for ``int8-static`` it approximates.
-* **MIL reference**: every op of the shipped Core ML program in dtconvert's numpy interpreter;
-  an op is tied to a module by the torch.export node coremltools converted it from.
-* **ExecuTorch XNNPACK** and **LiteRT XNNPACK**: the shipped artifact's wire only. The encoder
-  is one XNNPACK delegate call, and ExecuTorch 1.5's intermediate-output capture stops at a
-  delegate's boundary (it sees the call as one op); LiteRT's tensors keep onnx2tf's names, which
-  name no module.
+* **pt2e program** (ExecuTorch's): the quantized PyTorch module that ExecuTorch lowers, rebuilt
+  with the artifact's precision and ``--keep-float`` and run in torch, every point. Static scales
+  are calibrated on the verification images (the export's are not in it).
+* **ExecuTorch XNNPACK**: the wire only; the encoder is one delegate call, and ExecuTorch 1.5's
+  intermediate-output capture stops at a delegate's boundary.
+* **LiteRT reference kernels**: every point, from the shipped .tflite with every tensor kept,
+  found by the graph's structure (LayerNorms and residual adds); **LiteRT XNNPACK**: the wire.
+* **MIL reference**: every point of the shipped Core ML program in dtconvert's interpreter.
 
-The explanation names, per runtime, the first point below the floor (:data:`POINT_MARGIN_DB`
-under the artifact's wire SQNR floor: 34 dB for the default int8) and what to try.
+The fp32 encoder is rebuilt from the export's own TorchScript reference. The explanation names,
+per runtime, the first point below the floor (:data:`POINT_MARGIN_DB` under the artifact's wire
+SQNR floor: 34 dB for the default int8), the point most runtimes that see inside name first, and
+what to try.
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ EXPLAIN_IMAGES = 128  # enough for a stable SQNR per point; the numpy MIL interp
 PT2E = "pt2e program"
 # A point's floor sits this far under the wire's (34 dB for the default int8). Inside the encoder
 # a healthy int8 program is noisier than at its output (torch's reference int8 kernels more than
-# XNNPACK's): a healthy digits model measured 43.6–69.5 dB at every point in the pt2e program and
-# the MIL reference, while the planted outlier channel (tests/test_explain.py) measured 0.3 and
-# 20.0 dB at its layer. The wire point compares the int8 bytes sent with those the fp32 encoder
-# would send.
+# XNNPACK's): a healthy digits model measured 43.4–148.8 dB at every point in the pt2e program, the
+# MIL reference and LiteRT's reference kernels, while the planted outlier channel
+# (tests/test_explain.py) measured 0.3, 20.0 and 3.2 dB at its layer (docs/verify.md). The wire
+# point compares the int8 bytes sent with those the fp32 encoder would send.
 POINT_MARGIN_DB = 10.0
 
 
@@ -54,12 +55,16 @@ class View:
     artifact: str
     runtime: str
     floor: float
-    sqnr: dict[str, float] = field(default_factory=dict)
+    sqnr: dict[str, float | None] = field(default_factory=dict)  # None: exact
     sees: str = "every point"
     inside: bool = True  # sees the points inside the encoder, not only its output
 
+    def below(self, point: Point) -> bool:
+        value = self.sqnr.get(point.name)
+        return value is not None and value < self.floor  # absent: not seen; None: exact
+
     def first_below(self, points: list[Point]) -> Point | None:
-        return next((p for p in points if p.name in self.sqnr and self.sqnr[p.name] < self.floor), None)
+        return next((p for p in points if self.below(p)), None)
 
 
 @dataclass
@@ -172,8 +177,18 @@ def fp32_values(encoder, images: np.ndarray, points: list[Point]) -> dict[str, n
     return values
 
 
-def _sqnr(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> dict[str, float]:
-    return {name: round(sqnr_db(got[name], want[name]), 2) for name in want if name in got and got[name].shape == want[name].shape}
+def _sqnr(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> dict[str, float | None]:
+    """SQNR per point the runtime showed; None where it is exact (JSON has no infinity)."""
+    values = {name: _aligned_sqnr(got[name], want[name]) for name in want if name in got}
+    return {name: (None if np.isposinf(v) else round(v, 2)) for name, v in values.items() if not np.isnan(v)}
+
+
+def _aligned_sqnr(got: np.ndarray, want: np.ndarray) -> float:
+    """SQNR of a point, in whichever layout the runtime holds a token tensor: a converter may keep a
+    (B, T, D) tensor as (B, D, T) inside the graph (onnx2tf does, and where T = D the shape cannot
+    tell). Of the two layouts the one that matches is taken; the other is uncorrelated (about −3 dB)."""
+    candidates = [g for g in (got, got.swapaxes(-1, -2) if got.ndim == 3 else None) if g is not None and g.shape == want.shape]
+    return max((sqnr_db(g, want) for g in candidates), default=float("nan"))
 
 
 def _with_wire(values: dict[str, np.ndarray], wire: np.ndarray, scale: float, zero_point: int) -> dict[str, np.ndarray]:
@@ -183,133 +198,40 @@ def _with_wire(values: dict[str, np.ndarray], wire: np.ndarray, scale: float, ze
     return {**values, WIRE: dequantize_wire(quantize_wire(wire, scale, zero_point), scale, zero_point)}
 
 
-def pt2e_values(encoder, images: np.ndarray, points: list[Point], precision: str, keep_float: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Every point of the quantized module ExecuTorch lowers, run in torch one image at a time."""
-    import torch
-
-    from dtconvert.rewrite import layer_of
-    from dtconvert.targets.executorch import prepare
-
-    example = torch.from_numpy(images[:1])
-    module = prepare(encoder, example, images, precision, keep_float=keep_float)
-    assert isinstance(module, torch.fx.GraphModule), "an int8 precision lowers a pt2e GraphModule"
-    nodes = list(module.graph.nodes)
-    last = _last_nodes(nodes, points, layer_of, _node_shapes(module, example))
-    captured: dict[str, list[np.ndarray]] = {name: [] for name in last}
-    wanted = {node: name for name, node in last.items()}
-
-    class Capture(torch.fx.Interpreter):
-        def run_node(self, n):
-            out = super().run_node(n)
-            if n.name in wanted:
-                captured[wanted[n.name]].append(out.numpy())
-            return out
-
-    with torch.no_grad():
-        wires = [Capture(module).run(torch.from_numpy(images[i : i + 1])).numpy() for i in range(len(images))]
-    values = {name: np.concatenate(v) for name, v in captured.items()}
-    values[WIRE] = np.concatenate(wires)
-    return values
-
-
-def _node_shapes(module, example) -> dict[str, tuple[tuple[int, ...], bool]]:
-    """Node name → (output shape, is float) from one run."""
-    import torch
-
-    shapes: dict[str, tuple[tuple[int, ...], bool]] = {}
-
-    class Shapes(torch.fx.Interpreter):
-        def run_node(self, n):
-            out = super().run_node(n)
-            if isinstance(out, torch.Tensor):
-                shapes[n.name] = (tuple(out.shape), out.is_floating_point())
-            return out
-
-    Shapes(module).run(example)
-    return shapes
-
-
-def _last_nodes(nodes, points: list[Point], layer_of, shapes: dict) -> dict[str, str]:
-    """Point → the last float node computed inside it (its output as the next module reads it)."""
-    last = {}
-    for point in points:
-        if point.name == WIRE:
-            continue
-        inside = [
-            n.name for n in nodes if n.op == "call_function" and n.name in shapes and shapes[n.name][1] and _inside(layer_of(n), point.name)
-        ]
-        if inside:
-            last[point.name] = inside[-1]
-    return last
-
-
-def _inside(layer: str, point: str) -> bool:
-    return layer == point or layer.startswith(point + ".")
-
-
-def mil_values(path: Path, encoder, images: np.ndarray, points: list[Point], precision: str, keep_float: tuple[str, ...]):
-    """Every point of the shipped Core ML program, run in the MIL reference interpreter."""
-    import torch
-
-    from dtconvert.mil_reference import MILReference, load_program
-    from dtconvert.targets import INPUT_NAME, OUTPUT_NAME
-    from dtconvert.targets.coreml import converted_program, mil_layers
-
-    program = converted_program(encoder, torch.from_numpy(images[:1]), images, precision, keep_float)
-    layers = mil_layers(load_program(path), program)
-    reference = MILReference(path)
-    per_op = reference.every_op({INPUT_NAME: images[:1]})
-    order = list(per_op)
-    last = {}
-    for point in points:
-        inside = [op for op in order if op in layers and _inside(layers[op], point.name) and per_op[op].dtype.kind == "f"]
-        if inside and point.name != WIRE:
-            last[point.name] = inside[-1]
-    captured: dict[str, list[np.ndarray]] = {name: [] for name in last}
-    wires = []
-    for i in range(len(images)):
-        out = reference.every_op({INPUT_NAME: images[i : i + 1]})
-        for name, op in last.items():
-            captured[name].append(out[op].astype(np.float32))
-        wires.append(out[OUTPUT_NAME])
-    return {**{name: np.concatenate(v) for name, v in captured.items()}, WIRE: np.concatenate(wires)}
-
-
 def explain_export(export_dir: Path, manifest: dict, images: np.ndarray, tolerances, log=print) -> Explanation:
     """The per-point SQNR of every device artifact on ``images`` (at most :data:`EXPLAIN_IMAGES`)."""
+    import torch
+
     from dtconvert.targets import RUNTIMES, load_target, looped
 
     images = np.ascontiguousarray(images[:EXPLAIN_IMAGES])
     encoder = reference_encoder(export_dir, manifest)
     points = points_of(encoder)
+    names = [p.name for p in points if p.name != WIRE]
+    scale, zero_point, precision = manifest["wire"]["scale"], manifest["wire"]["zero_point"], manifest["precision"]
     want = fp32_values(encoder, images, points)
-    want = _with_wire(want, want[WIRE], manifest["wire"]["scale"], manifest["wire"]["zero_point"])
-    scale, zero_point = manifest["wire"]["scale"], manifest["wire"]["zero_point"]
-    precision = manifest["precision"]
-    last_module = points[-2].name
+    want = _with_wire(want, want[WIRE], scale, zero_point)
     views = []
     for entry in (e for e in manifest["artifacts"] if e["part"] == "device"):
-        name, target = entry["path"], entry["target"]
+        name, target, path = entry["path"], load_target(entry["target"]), export_dir / entry["path"]
         keep = tuple((entry.get("keep_float") or {}).get("patterns") or ())
-        floor = float(tolerances.get(target, precision)["min_wire_sqnr_db"] or INT8_WIRE["min_wire_sqnr_db"] or 0.0) - POINT_MARGIN_DB
-        if target == "executorch" and precision != "fp32":
-            got = pt2e_values(encoder, images, points, precision, keep)
-            views.append(View(name, PT2E, floor, _sqnr(_with_wire(got, got[WIRE], scale, zero_point), want)))
+        floor = float(tolerances.get(entry["target"], precision)["min_wire_sqnr_db"] or INT8_WIRE["min_wire_sqnr_db"] or 0.0)
+        floor -= POINT_MARGIN_DB
+        with torch.no_grad():
+            program = getattr(target, "program_points", lambda *a: None)(encoder, images, names, precision, keep)
+        if program is not None:
+            views.append(View(name, PT2E, floor, _sqnr(_with_wire(program, program[WIRE], scale, zero_point), want)))
             log(f"✓ {PT2E} of {name}: every point")
-        for runtime in load_target(target).runtimes():
-            path = export_dir / name
-            if runtime == "mil-reference":
-                got = mil_values(path, encoder, images, points, precision, keep)
-                sees = "every op of the ML program"
+        for runtime in target.runtimes():
+            with torch.no_grad():
+                got = target.look_inside(path, runtime, encoder, images, names, precision, keep)
+            inside = isinstance(got, dict)
+            if not isinstance(got, dict):
+                sees, wire = got, looped(target.runner(path, runtime))(images)
+                got = {WIRE: wire}
             else:
-                wire = looped(load_target(target).runner(path, runtime))(images)
-                got = {last_module: wire, WIRE: wire}
-                sees = "the wire only: " + (
-                    "the encoder is one XNNPACK delegate call, opaque to ExecuTorch's intermediate-output capture"
-                    if target == "executorch"
-                    else "LiteRT's tensors carry onnx2tf's names, which name no module"
-                )
-            sqnr = _sqnr(_with_wire(got, got[WIRE], scale, zero_point), want)
-            views.append(View(name, RUNTIMES[runtime], floor, sqnr, sees, inside=runtime == "mil-reference"))
+                sees = "every point"
+            got.setdefault(names[-1], got[WIRE])  # the last point is the encoder's output
+            views.append(View(name, RUNTIMES[runtime], floor, _sqnr(_with_wire(got, got[WIRE], scale, zero_point), want), sees, inside))
             log(f"✓ {RUNTIMES[runtime]} of {name}: {sees.split(':')[0]}")
     return Explanation(points, views, len(images))
