@@ -103,6 +103,9 @@ def _type_ok(value: object, annotation: object) -> bool:
 
 
 def _type_name(annotation: object) -> str:
+    """How a recipe's author reads a field's type: YAML has lists, not tuples."""
+    if typing.get_origin(annotation) is tuple:
+        return f"list[{_type_name(typing.get_args(annotation)[0])}]"
     return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
