@@ -142,9 +142,16 @@ class CoreMLTarget:
         except (NotImplementedError, ValueError, RuntimeError) as e:
             raise ExportError(f"coremltools could not convert the encoder: {str(e).strip().splitlines()[0]}") from e
         if job.precision == "int8":
-            # --keep-float: the ops that the kept modules' torch nodes became keep float weights.
+            # --keep-float: the weight constants of the ops that the kept modules' torch nodes became
+            # stay float. Configured on the constants, not the ops: coremltools shares one constant
+            # between ops when the values are equal (all-zero biases), and a shared constant whose
+            # consumers have different configs is refused.
             layers = mil_layers(model._mil_program, program)
-            kept = {op: None for op, layer in layers.items() if kept_float(layer, job.keep_float)}
+            kept = {
+                op.inputs["weight"].op.name: None
+                for op in model._mil_program.functions["main"].operations
+                if op.name in layers and kept_float(layers[op.name], job.keep_float) and "weight" in op.inputs
+            }
             config = ct.optimize.coreml.OptimizationConfig(
                 global_config=ct.optimize.coreml.OpLinearQuantizerConfig(
                     mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=WEIGHT_THRESHOLD
