@@ -14,19 +14,14 @@ run times every artifact of the exports interleaved, writing WORK/bench-<model>.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from export_sizes import random_checkpoint, random_images
+from export_sizes import dt2m_inputs
+from export_sizes import run_logged as run
 
 EXE = str(Path(sys.executable).parent / "dtconvert")
-
-
-def run(argv: list[str]) -> None:
-    print("$ " + " ".join(argv), flush=True)
-    subprocess.run(argv, check=True)
 
 
 def main() -> None:
@@ -46,13 +41,8 @@ def main() -> None:
 
     calib: list[str] = []
     if args.model == "dt-2m":
-        ckpt = work / "dt-2m" / "ckpt.pt"
-        if not ckpt.is_file():
-            ckpt.parent.mkdir(parents=True, exist_ok=True)
-            random_checkpoint("dt-2m", ckpt)
-        if not (work / "calib224").is_dir():
-            random_images(work / "calib224", 32, 224)
-        calib = ["--calib", str(work / "calib224")]
+        ckpt, calib224 = dt2m_inputs(work)
+        calib = ["--calib", str(calib224)]
     else:
         ckpt = args.digits_ckpt or work / "digits" / "ckpt.pt"
         if not ckpt.is_file():

@@ -60,6 +60,23 @@ def random_images(folder: Path, count: int, size: int) -> None:
         Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
 
 
+def dt2m_inputs(work: Path) -> tuple[Path, Path]:
+    """WORK/dt-2m/ckpt.pt (random weights) and WORK/calib224 (32 random 224×224 images), made once."""
+    ckpt = work / "dt-2m" / "ckpt.pt"
+    if not ckpt.is_file():
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        random_checkpoint("dt-2m", ckpt)
+    if not (work / "calib224").is_dir():
+        random_images(work / "calib224", 32, 224)
+    return ckpt, work / "calib224"
+
+
+def run_logged(argv: list[str]) -> None:
+    """Run a command as the user would, echoing it first; stop on failure."""
+    print("$ " + " ".join(argv), flush=True)
+    subprocess.run(argv, check=True)
+
+
 def export(ckpt: Path, precision: str, out: Path, calib: str | None, verify: bool = False) -> tuple[float, dict]:
     argv = [EXE, "export", str(ckpt), "--target", "all", "--precision", precision, "--out", str(out),
             "--verify" if verify else "--no-verify"]

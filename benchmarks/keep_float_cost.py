@@ -15,19 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from export_sizes import random_checkpoint, random_images
+from export_sizes import dt2m_inputs
+from export_sizes import run_logged as run
 
 EXE = str(Path(sys.executable).parent / "dtconvert")
-
-
-def run(argv: list[str]) -> None:
-    print("$ " + " ".join(argv), flush=True)
-    subprocess.run(argv, check=True)
 
 
 def main() -> None:
@@ -40,15 +35,10 @@ def main() -> None:
     args = parser.parse_args()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
-    ckpt = work / "dt-2m" / "ckpt.pt"
-    if not ckpt.is_file():
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        random_checkpoint("dt-2m", ckpt)
-    if not (work / "calib224").is_dir():
-        random_images(work / "calib224", 32, 224)
+    ckpt, calib224 = dt2m_inputs(work)
     plain, kept = work / "export-int8", work / "export-int8-keep"
     if not args.skip_export:
-        common = ["--target", "all", "--no-verify", "--calib", str(work / "calib224")]
+        common = ["--target", "all", "--no-verify", "--calib", str(calib224)]
         run([EXE, "export", str(ckpt), *common, "--out", str(plain)])
         run([EXE, "export", str(ckpt), *common, "--keep-float", args.keep, "--out", str(kept)])
     report = work / "bench-keep-float.json"
