@@ -128,3 +128,32 @@ def test_precision_auto_finds_the_planted_layer(planted_ckpt, tmp_path):
     assert result.kept == (PLANTED,)
     assert result.manifest["verification"]["passed"]
     assert result.attempts[-1].bytes["executorch"] > result.attempts[0].bytes["executorch"]  # float weights cost bytes
+
+
+def test_verify_explain_prints_the_table(int8_export):
+    done = run_cli("verify", str(int8_export), "--explain", "--limit", "10")
+    assert done.returncode == 0, done.stderr
+    assert "where the device encoder parts from fp32" in done.stdout
+    assert "layers.1.ffn" in done.stdout and "LiteRT reference kernels" in done.stdout
+    assert "no point of the device encoder is below the floor" in done.stdout
+
+
+@pytest.mark.parametrize("extra", [["--keep-float", "layers.1.ffn"], ["--no-verify"]])
+def test_precision_auto_refuses_what_it_cannot_honour(quick_ckpt, tmp_path, extra):
+    done = run_cli("export", str(quick_ckpt), "--precision", "auto", *extra, "--out", str(tmp_path / "x"))
+    assert_one_line_error(done, "--precision auto")
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_automatic_explanation_that_fails_keeps_the_gates_verdict(tmp_path):
+    """A failed gate explains itself when it can; when it cannot, one logged line, and the gate's
+    own result stands. Asked for with --explain, the same failure is the user's error."""
+    from dtconvert.errors import UserError
+    from dtconvert.verify import _explain
+
+    manifest = {"data": {"recipe": {}}, "tasks": [], "artifacts": [], "wire": {"scale": 0.1, "zero_point": 0}, "precision": "int8"}
+    lines: list[str] = []
+    assert _explain(tmp_path, manifest, np.zeros((1, 1, 8, 8), np.float32), None, lines.append, asked=False) is None
+    assert len(lines) == 1 and lines[0].startswith("✗ could not explain") and "--explain" in lines[0]
+    with pytest.raises(UserError, match="does not describe a model"):
+        _explain(tmp_path, manifest, np.zeros((1, 1, 8, 8), np.float32), None, lines.append, asked=True)

@@ -112,7 +112,7 @@ def _rehash(export_dir, target, drop_delegation=True):
 
 
 def _verify(export_dir, tmp_path, *args):
-    result = CliRunner().invoke(app, ["verify", str(export_dir), "--limit", "40", "--json", str(tmp_path / "v.json"), *args],
+    result = CliRunner().invoke(app, ["verify", str(export_dir), "--no-explain", "--limit", "40", "--json", str(tmp_path / "v.json"), *args],
                                 env={"COLUMNS": "200"})
     return result, json.loads((tmp_path / "v.json").read_text())
 

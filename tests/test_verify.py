@@ -17,7 +17,8 @@ pytestmark = pytest.mark.verify
 
 
 def _verify(export_dir, *args):
-    result = CliRunner().invoke(app, ["verify", str(export_dir), *args], env={"COLUMNS": "200"})
+    # --no-explain: these tests are about the gate's checks; tests/test_explain.py has the explanation.
+    result = CliRunner().invoke(app, ["verify", str(export_dir), "--no-explain", *args], env={"COLUMNS": "200"})
     return result
 
 

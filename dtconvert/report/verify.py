@@ -38,6 +38,11 @@ def verdict_of_export(export_dir: Path, verification: dict | None) -> None:
     if verification is None:
         return
     if not verification["passed"]:
+        if verification.get("explanation"):  # a failed gate explains itself
+            console = make_console()
+            console.print(explain_table(verification["explanation"]))
+            for line in explain_lines(verification["explanation"]):
+                console.print(escape(line), highlight=False)
         first = verification["failed"][0]
         raise CheckFailed(
             f"verification failed ({len(verification['failed'])} checks; first: {first['artifact']} {first['runtime']} "

@@ -79,12 +79,23 @@ def verify_export(
             for runtime in run.device_artifact(entry):  # 3. each device artifact in every runtime this host has
                 log(f"✓ {runtime} on {len(evaluation.images)} images")
         if explain or (explain is None and not report.passed):
-            from dtconvert.verify.explain import explain_export
-
-            tolerances = load_tolerances(tolerance_file)
-            report.explanation = explain_export(export_dir, manifest, evaluation.images, tolerances, log=log).to_json()
+            report.explanation = _explain(export_dir, manifest, evaluation.images, tolerance_file, log, asked=bool(explain))
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _explain(export_dir: Path, manifest: dict, images: np.ndarray, tolerance_file: Path | None, log, asked: bool) -> dict | None:
+    """The explanation; asked for, its errors are the user's; automatic (a failed gate), a failure
+    to explain is one logged line and never turns the gate's verdict into another exit status."""
+    from dtconvert.verify.explain import explain_export
+
+    try:
+        return explain_export(export_dir, manifest, images, load_tolerances(tolerance_file), log=log).to_json()
+    except Exception as e:  # automatic explanation: report it, keep the gate's own result
+        if asked:
+            raise
+        log(f"✗ could not explain the failure: {_first_line(e)} (run 'dtconvert verify {export_dir} --explain')")
+        return None
 
 
 def _first_line(e: BaseException) -> str:
