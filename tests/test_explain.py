@@ -68,10 +68,12 @@ def test_default_int8_fails_and_explain_names_the_planted_layer(planted_export):
     assert f"--keep-float {PLANTED}" in explanation["advice"]
 
 
-def test_explain_on_a_healthy_export_names_no_layer(int8_export):
+@pytest.mark.parametrize("export", ["int8_export", "other_int8_export"])
+def test_explain_on_a_healthy_export_names_no_layer(export, request):
+    """The shipped digits model, and a one-epoch model of a shape no recipe uses (three tasks, 12×12, width 32)."""
     from dtconvert.verify import verify_export
 
-    report = verify_export(int8_export, limit=100, explain=True, log=lambda line: None)
+    report = verify_export(request.getfixturevalue(export), limit=100, explain=True, log=lambda line: None)
     assert report.passed
     explanation = report.explanation
     assert explanation["culprit"] is None
@@ -157,3 +159,16 @@ def test_an_automatic_explanation_that_fails_keeps_the_gates_verdict(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("✗ could not explain") and "--explain" in lines[0]
     with pytest.raises(UserError, match="does not describe a model"):
         _explain(tmp_path, manifest, np.zeros((1, 1, 8, 8), np.float32), None, lines.append, asked=True)
+
+
+def test_explain_goes_on_past_a_runtime_that_cannot_run_the_artifact(int8_export, monkeypatch):
+    """The MIL reference lacking an op the program uses: its view says why, the others still look inside."""
+    import dtconvert.mil_reference as mil
+    from dtconvert.verify import verify_export
+
+    monkeypatch.setattr(mil, "SUPPORTED_OPS", frozenset(mil.SUPPORTED_OPS - {"softmax"}))
+    report = verify_export(int8_export, limit=8, explain=True, log=lambda line: None)
+    views = {v["runtime"]: v for v in report.explanation["views"]}
+    assert views["MIL reference"]["sqnr_db"] == {} and "could not run" in views["MIL reference"]["sees"]
+    assert "softmax" in views["MIL reference"]["sees"]
+    assert views["LiteRT reference kernels"]["inside"] and "layers.1.ffn" in views["LiteRT reference kernels"]["sqnr_db"]

@@ -223,14 +223,20 @@ def explain_export(export_dir: Path, manifest: dict, images: np.ndarray, toleran
             views.append(View(name, PT2E, floor, _sqnr(_with_wire(program, program[WIRE], scale, zero_point), want)))
             log(f"✓ {PT2E} of {name}: every point")
         for runtime in target.runtimes():
-            with torch.no_grad():
-                got = target.look_inside(path, runtime, encoder, images, names, precision, keep)
-            inside = isinstance(got, dict)
-            if not isinstance(got, dict):
-                sees, wire = got, looped(target.runner(path, runtime))(images)
-                got = {WIRE: wire}
-            else:
-                sees = "every point"
+            try:
+                with torch.no_grad():
+                    got = target.look_inside(path, runtime, encoder, images, names, precision, keep)
+                    inside = isinstance(got, dict)
+                    if not isinstance(got, dict):
+                        sees, wire = got, looped(target.runner(path, runtime))(images)
+                        got = {WIRE: wire}
+                    else:
+                        sees = "every point"
+            except Exception as e:  # noqa: BLE001  the runtime cannot run this artifact (the gate reported why)
+                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                views.append(View(name, RUNTIMES[runtime], floor, {}, f"nothing: it could not run the artifact ({reason})", False))
+                log(f"✗ {RUNTIMES[runtime]} of {name}: could not run it")
+                continue
             got.setdefault(names[-1], got[WIRE])  # the last point is the encoder's output
             views.append(View(name, RUNTIMES[runtime], floor, _sqnr(_with_wire(got, got[WIRE], scale, zero_point), want), sees, inside))
             log(f"✓ {RUNTIMES[runtime]} of {name}: {sees.split(':')[0]}")
