@@ -67,8 +67,7 @@ def median_latency_ms(path: Path, target: str, images: np.ndarray) -> float:
 
 
 def _measure(export_dir: Path, manifest: dict) -> tuple[dict[str, int], dict[str, float]]:
-    import numpy as np
-
+    """Bytes and median batch-1 latency of each device artifact, on the export's golden inputs."""
     images = np.load(export_dir / "golden" / "input.npy")
     sizes, latency = {}, {}
     for entry in (e for e in manifest["artifacts"] if e["part"] == "device"):

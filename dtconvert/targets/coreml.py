@@ -94,21 +94,26 @@ def converted_program(
     return torch.export.export(module, (example,)).run_decompositions({})
 
 
-def mil_layers(mil_program, program: torch.export.ExportedProgram) -> dict[str, str]:
-    """MIL op name → the encoder module (``layers.1.ffn.fc2``) whose torch node it was converted from.
+def mil_layers(mil_program, modules: list[str]) -> dict[str, str]:
+    """MIL op name → the encoder module (``layers.1.ffn.fc2``) whose parameters the op reads.
 
-    coremltools names an op after the torch.export node it converts, with a suffix for the dtype
-    it computes in (``linear_5`` → ``linear_5_cast_fp16``) and ``_0`` on a first node
-    (``linear`` → ``linear_0_cast_fp16``); ops it inserts (casts, transposes) map to nothing."""
-    from dtconvert.rewrite import layer_of
-
-    sources = {node.name: layer_of(node) for node in program.graph.nodes if node.op == "call_function"}
+    An op is tied to a module by the constant it takes as ``weight`` (linear, conv) or ``gamma``
+    (layer_norm): coremltools names it after the torch parameter (``p_layers_1_ffn_fc2_weight_to_fp16``,
+    ``…_quantized`` once int8). Op names themselves do not follow torch.export's node names (the
+    digits encoder's first linear op was ``linear_1``, its node ``linear``), and biases are shared
+    between ops when their values are equal, so neither identifies a module."""
+    flat = {name.replace(".", "_"): name for name in modules if name}
     layers = {}
     for op in mil_program.functions["main"].operations:
-        base = op.name.removesuffix("_cast_fp16").removesuffix("_cast_fp32")
-        source = sources.get(base) or (sources.get(base.removesuffix("_0")) if base.endswith("_0") else None)
-        if source and source != "?":
-            layers[op.name] = source
+        for key in ("weight", "gamma"):
+            var = op.inputs.get(key)
+            producer = getattr(var, "op", None)
+            if producer is None:
+                continue
+            path = producer.name.removeprefix("p_").removesuffix("_quantized").removesuffix("_to_fp16").removesuffix("_to_fp32")
+            module = flat.get(path.removesuffix("_weight"))
+            if module is not None:
+                layers[op.name] = module
     return layers
 
 
@@ -142,11 +147,11 @@ class CoreMLTarget:
         except (NotImplementedError, ValueError, RuntimeError) as e:
             raise ExportError(f"coremltools could not convert the encoder: {str(e).strip().splitlines()[0]}") from e
         if job.precision == "int8":
-            # --keep-float: the weight constants of the ops that the kept modules' torch nodes became
+            # --keep-float: the weight constants of the ops that read the kept modules' parameters
             # stay float. Configured on the constants, not the ops: coremltools shares one constant
             # between ops when the values are equal (all-zero biases), and a shared constant whose
             # consumers have different configs is refused.
-            layers = mil_layers(model._mil_program, program)
+            layers = mil_layers(model._mil_program, [name for name, _ in job.encoder.named_modules()])
             kept = {
                 op.inputs["weight"].op.name: None
                 for op in model._mil_program.functions["main"].operations
@@ -234,29 +239,37 @@ def mil_point_values(
     path: Path, encoder: torch.nn.Module, images: np.ndarray, points: list[str], precision: str, keep_float: tuple[str, ...] = ()
 ) -> dict[str, np.ndarray]:
     """The output of every module in ``points`` inside the shipped ML program, run in the MIL
-    reference interpreter one image at a time (``"wire"``: its output). An op belongs to the
-    module whose torch node it was converted from (:func:`mil_layers`, from ``encoder`` converted
-    again the way the export did); a module's output is its last float op."""
+    reference interpreter one image at a time (``"wire"``: its output). A module's output is that of
+    the last op reading its parameters (:func:`mil_layers`); a pooling step's (no parameters) is
+    the input of its layer's first attention projection. Points the program does not show are left out."""
     from dtconvert.mil_reference import MILReference, load_program
     from dtconvert.rewrite import within
 
-    program = converted_program(encoder, torch.from_numpy(images[:1]), images, precision, keep_float)
-    layers = mil_layers(load_program(path), program)
-    reference = MILReference(path)
-    first = reference.every_op({INPUT_NAME: images[:1]})
+    function = load_program(path).functions["main"]
+    layers = mil_layers(load_program(path), [name for name, _ in encoder.named_modules()])
+    ops = [op for op in function.operations if op.name in layers]
     last = {}
     for point in points:
-        inside = [op for op in first if op in layers and within(layers[op], point) and first[op].dtype.kind == "f"]
+        if point.endswith(".pool"):
+            first = next((op for op in ops if within(layers[op.name], point.removesuffix(".pool") + ".attn")), None)
+            producer = getattr(first.inputs.get("x"), "op", None) if first is not None else None
+            if producer is not None:
+                last[point] = producer.name
+            continue
+        inside = [op.name for op in ops if within(layers[op.name], point)]
         if inside:
             last[point] = inside[-1]
+    reference = MILReference(path)
     captured: dict[str, list[np.ndarray]] = {point: [] for point in last}
     wires = []
     for i in range(len(images)):
         out = reference.every_op({INPUT_NAME: images[i : i + 1]})
         for point, op in last.items():
-            captured[point].append(out[op].astype(np.float32))
+            if op in out:
+                captured[point].append(out[op].astype(np.float32))
         wires.append(out[OUTPUT_NAME])
-    return {**{point: np.concatenate(v) for point, v in captured.items()}, "wire": np.concatenate(wires)}
+    values = {point: np.concatenate(v) for point, v in captured.items() if len(v) == len(images)}
+    return {**values, "wire": np.concatenate(wires)}
 
 
 __all__ = [

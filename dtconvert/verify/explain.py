@@ -12,7 +12,8 @@ inside. Each target says how far (``look_inside``):
   intermediate-output capture stops at a delegate's boundary.
 * **LiteRT reference kernels**: every point, from the shipped .tflite with every tensor kept,
   found by the graph's structure (LayerNorms and residual adds); **LiteRT XNNPACK**: the wire.
-* **MIL reference**: every point of the shipped Core ML program in dtconvert's interpreter.
+* **MIL reference**: every point of the shipped Core ML program in dtconvert's interpreter, ops
+  tied to modules by the parameters they read.
 
 The fp32 encoder is rebuilt from the export's own TorchScript reference. The explanation names,
 per runtime, the first point below the floor (:data:`POINT_MARGIN_DB` under the artifact's wire
