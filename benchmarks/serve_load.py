@@ -82,6 +82,7 @@ async def _load(url: str, body: bytes | list[bytes], total: int, concurrency: in
         "seconds": round(seconds, 3), "requests_per_second": round(answered / seconds, 1),
         "p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 2) if latencies else None,
         "p95_ms": round(float(np.percentile(latencies, 95)) * 1000, 2) if latencies else None,
+        "p99_ms": round(float(np.percentile(latencies, 99)) * 1000, 2) if latencies else None,
     }
 
 

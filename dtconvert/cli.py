@@ -252,6 +252,9 @@ def serve(
         min=0.1,
         help="Seconds a client has to send a request's head, and its body; slower connections are closed (head) or answered 408 (body).",
     ),
+    triton: str | None = typer.Option(
+        None, "--triton", help="Triton's gRPC host:port serving 'dtconvert cloud''s repository: validate here, decode there (a gateway)."
+    ),
 ) -> None:
     """Serve the cloud decoder over HTTP(S): POST /v1/decode, GET /healthz, /v1/model(s), /metrics, /openapi.json.
 
@@ -271,6 +274,7 @@ def serve(
         header_timeout=client_timeout,
         body_timeout=client_timeout,
         token=read_token(token_file) if token_file is not None else None,
+        triton=triton,
     )
     run_server(export_dirs, host, port, options, threads, announce=lambda line: typer.echo(line))
 
@@ -282,21 +286,17 @@ def cloud(
         ..., help="Exports of device variants tuned from one checkpoint (bit-identical cloud trunks)."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Directory to write: triton/ (model repository) and cloud.json."),
+    backend: str = typer.Option("libtorch", "--backend", help="Triton backend: libtorch (GPU fleets) or python (runs anywhere)."),
 ) -> None:
     """Assemble a shared-cloud Triton repository: one trunk model with dynamic batching for every variant,
     its heads, and one ensemble per variant (the same inputs and outputs as an export's own Triton model).
 
-    Example: dtconvert cloud export/digits export/digits-tune --out cloud
+    Example: dtconvert cloud export/digits export/digits-tune --out cloud --backend python
     """
+    from dtconvert.report.pipeline import print_cloud_summary
     from dtconvert.triton import write_cloud
 
-    description = write_cloud(export_dirs, out)
-    for v in description["variants"]:
-        typer.echo(f"{v['ensemble']}: tasks {', '.join(v['tasks'])}; heads {', '.join(v['heads'])}")
-    typer.echo(
-        f"wrote {out / 'triton'} ({len(description['variants'])} variants, one trunk model) and {out / 'cloud.json'}; "
-        f"run: tritonserver --model-repository {out / 'triton'}"
-    )
+    print_cloud_summary(write_cloud(export_dirs, out, backend), out)
 
 
 @app.command()

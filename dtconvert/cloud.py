@@ -119,20 +119,17 @@ class Variant:
         return [t for i, t in enumerate(self.tasks) if mask == 0 or mask >> i & 1]
 
 
-class SharedCloud:
-    """The loaded trunk, the heads, and the variants, by model id."""
+class Catalogue:
+    """The variants a cloud serves, by model id, read from the exports' manifests: what every
+    request is checked against. ``dtconvert serve --triton`` needs no more than this (Triton
+    decodes); :class:`SharedCloud` adds the decoders."""
 
     def __init__(self, export_dirs: list[Path]) -> None:
-        from dtconvert.checkpoint import sha256_file
         from dtconvert.manifest import load_manifest
-        from dtconvert.targets.torchscript import cloud_identity, load_decoder
 
         if not export_dirs:
             raise UserError("no export to serve")
         self.variants: dict[str, Variant] = {}
-        self.heads: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # head key → (weight, bias)
-        self.trunk: torch.jit.ScriptModule  # the first export's decoder, set in the loop below (export_dirs is not empty)
-        first: tuple[Path, dict] | None = None
         for export_dir in export_dirs:
             manifest = load_manifest(export_dir)
             variant = Variant.from_manifest(export_dir, manifest)
@@ -140,39 +137,7 @@ class SharedCloud:
                 raise UserError(
                     f"{export_dir}: model {variant.model_id} is already served from {self.variants[variant.model_id].export_dir}"
                 )
-            clouds = [a for a in manifest["artifacts"] if a["part"] == "cloud" and a["target"] == "torchscript"]
-            if not clouds:
-                raise UserError(f"{export_dir}/manifest.json lists no TorchScript cloud decoder to serve")
-            path = export_dir / clouds[0]["path"]
-            if not path.is_file():
-                raise UserError(f"{path}: the cloud decoder the manifest lists is missing")
-            if sha256_file(path) != clouds[0]["sha256"]:
-                raise UserError(f"{path}: sha256 does not match the manifest (modified or corrupt); re-export or run 'dtconvert verify'")
-            try:
-                decoder = load_decoder(path)
-                identity = cloud_identity(decoder, variant.tasks)
-            except Exception as e:  # noqa: BLE001  a file that matches its sha256 but is no TorchScript decoder (torch raises anything)
-                raise unloadable(path, "TorchScript", e) from None
-            recorded = manifest["model"].get("cloud")
-            if recorded is not None and recorded["trunk_sha256"] != identity["trunk_sha256"]:
-                raise UserError(
-                    f"{export_dir}/manifest.json: model.cloud.trunk_sha256 does not describe the decoder {path.name} (modified?)"
-                )
-            shared = hasattr(decoder, "shared_trunk")
-            if first is None:
-                first = (export_dir, identity)
-                self.trunk = decoder
-                self.legacy = not shared  # exported before shared_trunk existed: one variant, its own forward
-            else:
-                if self.legacy or not shared:
-                    old = first[0] if self.legacy else export_dir
-                    raise UserError(f"{old}: its decoder predates shared serving (no shared_trunk); re-export it to serve it beside others")
-                _require_same_trunk(first, (export_dir, identity))
-            state = decoder.state_dict()
-            for i, task in enumerate(variant.tasks):
-                key = f"{task}:{identity['heads'][task][:16]}"
-                self.heads.setdefault(key, (state[f"heads.{i}.weight"].detach().clone(), state[f"heads.{i}.bias"].detach().clone()))
-                variant.heads.append(key)
+            self._admit(export_dir, manifest, variant)
             self.variants[variant.model_id] = variant
         shapes = {v.token_shape for v in self.variants.values()}
         if len(shapes) > 1:  # cannot happen with identical trunks; a guard against a lying manifest
@@ -182,6 +147,9 @@ class SharedCloud:
         for v in self.variants.values():
             for i, task in enumerate(v.tasks):
                 self.task_names_by_bit.setdefault(i, set()).add(task)
+
+    def _admit(self, export_dir: Path, manifest: dict, variant: Variant) -> None:
+        """Check one more export before it is served (the manifest alone: nothing to check here)."""
 
     # ---- what requests see ------------------------------------------------------------------
 
@@ -211,6 +179,62 @@ class SharedCloud:
         variant = self.variant(payload.model_id)
         return variant, variant.check(payload, self.task_names_by_bit)
 
+    def top_k(self, variant: Variant, probs: list[np.ndarray], tasks: list[str], k: int) -> dict:
+        """One row's answer: for each asked task, its k most likely labels and scores."""
+        out = {}
+        for name in tasks:
+            p = probs[variant.tasks.index(name)]
+            order = np.argsort(-p, kind="stable")[: min(k, len(p))]
+            out[name] = [{"label": variant.labels[name][i], "index": int(i), "score": round(float(p[i]), 6)} for i in order]
+        return out
+
+
+class SharedCloud(Catalogue):
+    """The catalogue, the loaded trunk, and the heads."""
+
+    def __init__(self, export_dirs: list[Path]) -> None:
+        self.heads: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # head key → (weight, bias)
+        self.trunk: torch.jit.ScriptModule  # the first export's decoder, set by the first _admit
+        self._first: tuple[Path, dict] | None = None
+        super().__init__(export_dirs)
+
+    def _admit(self, export_dir: Path, manifest: dict, variant: Variant) -> None:
+        """Load the export's decoder, prove its trunk is the one already loaded, keep its heads."""
+        from dtconvert.checkpoint import sha256_file
+        from dtconvert.targets.torchscript import cloud_identity, load_decoder
+
+        clouds = [a for a in manifest["artifacts"] if a["part"] == "cloud" and a["target"] == "torchscript"]
+        if not clouds:
+            raise UserError(f"{export_dir}/manifest.json lists no TorchScript cloud decoder to serve")
+        path = export_dir / clouds[0]["path"]
+        if not path.is_file():
+            raise UserError(f"{path}: the cloud decoder the manifest lists is missing")
+        if sha256_file(path) != clouds[0]["sha256"]:
+            raise UserError(f"{path}: sha256 does not match the manifest (modified or corrupt); re-export or run 'dtconvert verify'")
+        try:
+            decoder = load_decoder(path)
+            identity = cloud_identity(decoder, variant.tasks)
+        except Exception as e:  # noqa: BLE001  a file that matches its sha256 but is no TorchScript decoder (torch raises anything)
+            raise unloadable(path, "TorchScript", e) from None
+        recorded = manifest["model"].get("cloud")
+        if recorded is not None and recorded["trunk_sha256"] != identity["trunk_sha256"]:
+            raise UserError(f"{export_dir}/manifest.json: model.cloud.trunk_sha256 does not describe the decoder {path.name} (modified?)")
+        shared = hasattr(decoder, "shared_trunk")
+        if self._first is None:
+            self._first = (export_dir, identity)
+            self.trunk = decoder
+            self.legacy = not shared  # exported before shared_trunk existed: one variant, its own forward
+        else:
+            if self.legacy or not shared:
+                old = self._first[0] if self.legacy else export_dir
+                raise UserError(f"{old}: its decoder predates shared serving (no shared_trunk); re-export it to serve it beside others")
+            _require_same_trunk(self._first, (export_dir, identity))
+        state = decoder.state_dict()
+        for i, task in enumerate(variant.tasks):
+            key = f"{task}:{identity['heads'][task][:16]}"
+            self.heads.setdefault(key, (state[f"heads.{i}.weight"].detach().clone(), state[f"heads.{i}.bias"].detach().clone()))
+            variant.heads.append(key)
+
     # ---- decoding -----------------------------------------------------------------------------
 
     def warm_up(self, max_batch: int) -> None:
@@ -226,35 +250,33 @@ class SharedCloud:
     def decode(self, wire: np.ndarray, owners: list[Variant]) -> list[list[np.ndarray]]:
         """int8 wire (N, T, D) whose row i belongs to ``owners[i]`` → per row, softmax
         probabilities of each of its variant's tasks (in that variant's task order)."""
+        return self._run(wire, owners, softmax)
+
+    def logits(self, wire: np.ndarray, owners: list[Variant]) -> list[list[np.ndarray]]:
+        """As :meth:`decode`, the logits before the softmax (what a Triton model answers)."""
+        return self._run(wire, owners, lambda x: x)
+
+    def _run(self, wire: np.ndarray, owners: list[Variant], finish) -> list[list[np.ndarray]]:
         scale = torch.tensor([[v.scale] for v in owners], dtype=torch.float32)
         zero_point = torch.tensor([[v.zero_point] for v in owners], dtype=torch.int32)
         with torch.inference_mode():
             if self.legacy:
-                logits = self.trunk(torch.from_numpy(wire), scale, zero_point)
-                probs = [torch.softmax(x.float(), dim=-1).numpy() for x in logits]
-                return [[p[row] for p in probs] for row in range(len(owners))]
+                per_task = [finish(x.float().numpy()) for x in self.trunk(torch.from_numpy(wire), scale, zero_point)]
+                return [[p[row] for p in per_task] for row in range(len(owners))]
             features = self.trunk.shared_trunk(torch.from_numpy(wire), scale, zero_point)
             out: list[list[np.ndarray]] = [[] for _ in owners]
             for variant in dict.fromkeys(owners):  # each variant present, in order of appearance
                 rows = [i for i, v in enumerate(owners) if v is variant]
-                index = torch.tensor(rows)
-                mine = features.index_select(0, index)
-                per_task = []
-                for key in variant.heads:
-                    weight, bias = self.heads[key]
-                    per_task.append(torch.softmax(torch.nn.functional.linear(mine, weight, bias), dim=-1).numpy())
+                mine = features.index_select(0, torch.tensor(rows))
+                per_task = [finish(torch.nn.functional.linear(mine, *self.heads[key]).numpy()) for key in variant.heads]
                 for j, row in enumerate(rows):
                     out[row] = [p[j] for p in per_task]
             return out
 
-    def top_k(self, variant: Variant, probs: list[np.ndarray], tasks: list[str], k: int) -> dict:
-        """One row's answer: for each asked task, its k most likely labels and scores."""
-        out = {}
-        for name in tasks:
-            p = probs[variant.tasks.index(name)]
-            order = np.argsort(-p, kind="stable")[: min(k, len(p))]
-            out[name] = [{"label": variant.labels[name][i], "index": int(i), "score": round(float(p[i]), 6)} for i in order]
-        return out
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities over the last axis, in float32 (as torch.softmax gives them)."""
+    return torch.softmax(torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32)), dim=-1).numpy()
 
 
 def _require_same_trunk(first: tuple[Path, dict], other: tuple[Path, dict]) -> None:

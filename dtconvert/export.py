@@ -44,7 +44,7 @@ from dtconvert.targets import (
     load_target,
 )
 from dtconvert.targets.torchscript import cloud_identity, export_decoder, export_reference, load_decoder
-from dtconvert.triton import write_triton_repository
+from dtconvert.triton.repository import write_triton_repository
 from dtconvert.wire import wire_qparams
 
 TOOLS = ("torch", "executorch", "coremltools", "tensorflow", "onnx", "onnxruntime", "onnx2tf", "ai-edge-litert")

@@ -260,6 +260,7 @@ def test_each_refusal_maps_to_one_status_in_one_place():
     from dtconvert.batching import QueueFull, ShuttingDown
     from dtconvert.cloud import UnknownModel, WireMismatch
     from dtconvert.serve.errors import REFUSALS, EdgeError, as_problem
+    from dtconvert.serve.gateway import CloudRefused
     from dtconvert.wire import WireFormatError
 
     cases = {
@@ -269,6 +270,8 @@ def test_each_refusal_maps_to_one_status_in_one_place():
         UnknownModel("00", ["a1"]): (422, "model_id"),
         QueueFull(8, 8): (503, "overloaded"),
         ShuttingDown(): (503, "shutting_down"),
+        CloudRefused("the Triton cloud refused ...", unavailable=False, reason="triton_refused"): (502, "triton_refused"),
+        CloudRefused("the Triton cloud is unavailable ...", unavailable=True, reason="triton_unavailable"): (503, "triton_unavailable"),
     }
     assert set(REFUSALS) <= {type(e) for e in cases}
     assert {e: (p.status, p.reason) for e in cases if (p := as_problem(e, retry_after=2))} == cases

@@ -94,6 +94,17 @@ def print_auto_summary(result) -> None:
         console.print("kept float: nothing", highlight=False)
 
 
+def print_cloud_summary(description: dict, out: Path) -> None:
+    """What ``dtconvert cloud`` wrote, and the command that serves it."""
+    for v in description["variants"]:
+        typer.echo(f"{v['ensemble']}: tasks {', '.join(v['tasks'])}; heads {', '.join(v['heads'])}")
+    backend, repo = description["triton"]["backend"], out / description["triton"]["repository"]
+    run = f"python -m dtconvert.triton.server {repo}" if backend == "python" else f"tritonserver --model-repository {repo}"
+    typer.echo(
+        f"wrote {repo} ({len(description['variants'])} variants, one trunk model, {backend} backend) and {out / 'cloud.json'}; run: {run}"
+    )
+
+
 def print_client_report(report, manifest: dict) -> None:
     tasks = [t["name"] for t in manifest["tasks"]]
     console = make_console()

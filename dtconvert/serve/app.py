@@ -15,8 +15,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dtconvert.batching import MicroBatcher
-from dtconvert.cloud import SharedCloud, Variant
+from dtconvert.cloud import Catalogue, SharedCloud, Variant
 from dtconvert.serve.errors import HOLD_KEY, REFUSALS, UNREAD_BODY, EdgeError, as_problem, error_response
+from dtconvert.serve.gateway import TritonForwarder
 from dtconvert.serve.openapi import openapi_document
 from dtconvert.serve.options import DEFAULT_TOP_K, MAX_TOP_K, ServeOptions
 from dtconvert.serve.prometheus import MEDIA_TYPE, ServerMetrics
@@ -27,19 +28,32 @@ from dtconvert.wire import CONTENT_TYPE, WirePayload, decode_payload
 class Serving:
     """What the routes share, as ``app.state.serving``: the cloud, its batcher, the metrics, the limits."""
 
-    service: SharedCloud
+    service: Catalogue
     options: ServeOptions
-    batcher: MicroBatcher
+    batcher: MicroBatcher | TritonForwarder
     metrics: ServerMetrics
     max_body_bytes: int
     token: bytes | None
 
 
-def create_app(service: SharedCloud, options: ServeOptions | None = None) -> FastAPI:
+def create_app(service: Catalogue, options: ServeOptions | None = None) -> FastAPI:
     """The HTTP app serving ``service``; its decode worker starts and stops with the app's lifespan."""
     options = options or ServeOptions()
     metrics = ServerMetrics()
-    batcher = MicroBatcher(service, options.max_batch, options.max_wait_ms, options.queue_limit(), on_batch=metrics.on_batch)
+    batcher: MicroBatcher | TritonForwarder
+    if options.triton:  # a gateway: Triton decodes
+        batcher = TritonForwarder(
+            service,
+            options.triton,
+            options.queue_limit(),
+            options.triton_timeout,
+            on_forward=lambda variant, rows: metrics.forwarded.labels(variant.model_id).inc(rows),
+            on_refused=lambda variant, reason: metrics.triton_refused.labels(variant.model_id, reason).inc(),
+        )
+    elif isinstance(service, SharedCloud):
+        batcher = MicroBatcher(service, options.max_batch, options.max_wait_ms, options.queue_limit(), on_batch=metrics.on_batch)
+    else:
+        raise TypeError("a server without --triton decodes itself: it needs a SharedCloud, not a Catalogue")
     token = options.token.encode() if options.token else None
     app = FastAPI(
         title="dtconvert cloud decoder",
@@ -61,7 +75,7 @@ def create_app(service: SharedCloud, options: ServeOptions | None = None) -> Fas
 
     def openapi() -> dict:
         if app.openapi_schema is None:  # built once, on the first request for it
-            app.openapi_schema = openapi_document(app, secured=token is not None)
+            app.openapi_schema = openapi_document(app, secured=token is not None, gateway=options.triton is not None)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to replace the document

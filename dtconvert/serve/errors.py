@@ -2,8 +2,9 @@
 
 The domain raises its own errors, which know nothing of HTTP: the wire format
 (:class:`~dtconvert.wire.WireFormatError`), the shared cloud (:class:`~dtconvert.cloud.WireMismatch`,
-:class:`~dtconvert.cloud.UnknownModel`) and the batcher (:class:`~dtconvert.batching.QueueFull`,
-:class:`~dtconvert.batching.ShuttingDown`). :func:`as_problem` gives each its status, reason and
+:class:`~dtconvert.cloud.UnknownModel`), the batcher (:class:`~dtconvert.batching.QueueFull`,
+:class:`~dtconvert.batching.ShuttingDown`) and the gateway's Triton
+(:class:`~dtconvert.serve.gateway.CloudRefused`). :func:`as_problem` gives each its status, reason and
 headers. The edge's own refusals (content type, length, timeout, token, ``top_k``) are HTTP to
 begin with and carry their status (:class:`EdgeError`).
 """
@@ -16,6 +17,7 @@ from fastapi.responses import JSONResponse
 
 from dtconvert.batching import QueueFull, ShuttingDown
 from dtconvert.cloud import WireMismatch
+from dtconvert.serve.gateway import CloudRefused
 from dtconvert.wire import WireFormatError
 
 # An answer given before the body was read whole: the connection cannot carry another request.
@@ -44,7 +46,7 @@ class Problem:
 
 
 # Every error a route may raise for a client's request (anything else is the server's fault: a 500).
-REFUSALS = (EdgeError, WireFormatError, WireMismatch, QueueFull, ShuttingDown)
+REFUSALS = (EdgeError, WireFormatError, WireMismatch, QueueFull, ShuttingDown, CloudRefused)
 
 
 def as_problem(error: Exception, retry_after: int) -> Problem:
@@ -62,6 +64,8 @@ def as_problem(error: Exception, retry_after: int) -> Problem:
             return Problem(503, f"{error}; retry after {retry_after} s", "overloaded", retry, hold_seconds=retry_after)
         case ShuttingDown():
             return Problem(503, str(error), "shutting_down", retry)
+        case CloudRefused():  # the gateway's Triton: not the client's mistake, so never a 4xx
+            return Problem(503 if error.unavailable else 502, str(error), error.reason, retry if error.unavailable else None)
     raise TypeError(f"{type(error).__name__} is not a refusal the server maps to a status")
 
 

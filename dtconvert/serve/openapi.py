@@ -82,7 +82,7 @@ def _json(schema: str, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
 
 
-def openapi_document(app, secured: bool) -> dict:
+def openapi_document(app, secured: bool, gateway: bool = False) -> dict:
     """FastAPI's document for ``app``'s routes, with the wire-format body and every answer spelled
     out; ``secured``: the server has a bearer token, so /v1/* may answer 401."""
     document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
@@ -92,7 +92,7 @@ def openapi_document(app, secured: bool) -> dict:
         components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     paths = document["paths"]
     unauthorized = {"401": _error("missing or wrong bearer token", _WWW_AUTHENTICATE)} if secured else {}
-    paths["/v1/decode"]["post"].update(_decode_operation(unauthorized))
+    paths["/v1/decode"]["post"].update(_decode_operation(unauthorized, gateway))
     paths["/v1/model"]["get"].update(_model_operation(unauthorized))
     paths["/v1/models"]["get"]["responses"] = {"200": _json("Models", "every served device variant"), **unauthorized}
     paths["/healthz"]["get"]["responses"] = {"200": _json("Health", "the decoder is loaded")}
@@ -111,8 +111,14 @@ def openapi_document(app, secured: bool) -> dict:
     return document
 
 
-def _decode_operation(unauthorized: dict) -> dict:
-    overloaded = {"503": _error("at capacity or shutting down; retry after Retry-After seconds", _RETRY_AFTER)}
+def _decode_operation(unauthorized: dict, gateway: bool) -> dict:
+    if gateway:  # dtconvert serve --triton
+        overloaded = {
+            "502": _error("Triton refused the forwarded request (the gateway and its Triton repository disagree)"),
+            "503": _error("at capacity, shutting down, or Triton unavailable; retry after Retry-After seconds", _RETRY_AFTER),
+        }
+    else:
+        overloaded = {"503": _error("at capacity or shutting down; retry after Retry-After seconds", _RETRY_AFTER)}
     return {
         "parameters": [
             {

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from dtconvert.errors import UserError
 
 if TYPE_CHECKING:
-    from dtconvert.cloud import SharedCloud
+    from dtconvert.cloud import Catalogue
 
 DEFAULT_TOP_K = 3
 MAX_TOP_K = 1000
@@ -39,11 +39,13 @@ class ServeOptions:
     token: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    triton: str | None = None  # gRPC address of a Triton serving 'dtconvert cloud''s repository: forward there, decode nothing here
+    triton_timeout: float = 10.0  # seconds Triton has to answer one forwarded request
 
     def queue_limit(self) -> int:
         return self.max_queue if self.max_queue is not None else QUEUE_BATCHES * self.max_batch
 
-    def body_limit(self, service: SharedCloud) -> int:
+    def body_limit(self, service: Catalogue) -> int:
         return self.max_body_bytes or default_max_body(service, self.max_batch)
 
 
@@ -53,7 +55,7 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 1) - 1)
 
 
-def default_max_body(service: SharedCloud, max_batch: int) -> int:
+def default_max_body(service: Catalogue, max_batch: int) -> int:
     """Room for a batch of ``max_batch`` images plus the header, at least 4 images' worth."""
     return service.header_bytes + service.max_bytes_per_image * max(4, max_batch)
 

@@ -49,6 +49,18 @@ class ServerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.forwarded = Counter(
+            "dtconvert_triton_forwarded_rows_total",
+            "Images forwarded to Triton and answered (--triton), by model id.",
+            ["model_id"],
+            registry=registry,
+        )
+        self.triton_refused = Counter(
+            "dtconvert_triton_refused_total",
+            "Forwarded requests Triton did not answer (--triton), by model id and reason (triton_refused: 502, triton_unavailable: 503).",
+            ["model_id", "reason"],
+            registry=registry,
+        )
         self.in_flight = Gauge("dtconvert_requests_in_flight", "/v1/decode requests being handled.", registry=registry)
         self.queued = Gauge("dtconvert_queued_images", "Images accepted and waiting for (or in) the decoder.", registry=registry)
 

@@ -11,7 +11,8 @@ from typing import Self
 
 import torch
 
-from dtconvert.cloud import SharedCloud
+from dtconvert.cloud import Catalogue, SharedCloud
+from dtconvert.serve.gateway import check_triton
 from dtconvert.serve.options import ServeOptions, default_threads, tls_context
 from dtconvert.serve.transport import allow_open_files, bind, make_server
 
@@ -23,7 +24,7 @@ def serve(
     SIGTERM or Ctrl-C; then answer the requests in flight and return."""
     tls_context(options.tls_cert, options.tls_key)  # bad TLS files: one line before anything loads
     torch.set_num_threads(threads or default_threads())
-    service = SharedCloud(export_dirs)
+    service = load_service(export_dirs, options)
     allow_open_files(options.max_connections)
     sock = bind(host, port)
     server = make_server(service, sock, options)
@@ -38,7 +39,17 @@ def serve(
     announce("stopped: requests in flight were answered")
 
 
-def _announcement(service: SharedCloud, host: str, port: int, options: ServeOptions) -> str:
+def load_service(export_dirs: list[Path], options: ServeOptions) -> Catalogue:
+    """The shared cloud with its decoders; or, as a gateway, the variants alone, once Triton is
+    proven to serve each of them."""
+    if options.triton is None:
+        return SharedCloud(export_dirs)
+    catalogue = Catalogue(export_dirs)
+    check_triton(catalogue, options.triton)
+    return catalogue
+
+
+def _announcement(service: Catalogue, host: str, port: int, options: ServeOptions) -> str:
     """The start-up line: what is served, where, and with which limits (tests read the URL from it)."""
     url_host = f"[{host}]" if ":" in host else host
     scheme = "https" if options.tls_cert else "http"
@@ -49,7 +60,8 @@ def _announcement(service: SharedCloud, host: str, port: int, options: ServeOpti
         f"on {scheme}://{url_host}:{port}  max-batch {options.max_batch}, max-wait {options.max_wait_ms:g} ms, "
         f"queue {options.queue_limit()} images, {options.max_connections} connections, body limit {options.body_limit(service)} B, "
         f"{'bearer token required on /v1/*, ' if options.token else ''}"
-        f"{torch.get_num_threads()} decoder threads; Ctrl-C stops after answering requests in flight"
+        f"{f'forwarding to Triton at {options.triton}' if options.triton else f'{torch.get_num_threads()} decoder threads'}; "
+        "Ctrl-C stops after answering requests in flight"
     )
 
 
@@ -62,7 +74,7 @@ class BackgroundServer:
 
     def __init__(self, export_dirs: list[Path], host: str = "127.0.0.1", options: ServeOptions | None = None) -> None:
         torch.set_num_threads(default_threads())
-        self.service = SharedCloud(export_dirs)
+        self.service = load_service(export_dirs, options or ServeOptions())
         self.sock = bind(host, 0)
         self.url = f"http://{host}:{self.sock.getsockname()[1]}"
         self.server = make_server(self.service, self.sock, options or ServeOptions(), own_logging=False)

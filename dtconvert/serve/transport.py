@@ -17,7 +17,7 @@ import uvicorn
 from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from dtconvert.cloud import SharedCloud
+from dtconvert.cloud import Catalogue
 from dtconvert.errors import UserError
 from dtconvert.serve.app import create_app
 from dtconvert.serve.errors import HOLD_KEY
@@ -122,7 +122,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def make_server(
-    service: SharedCloud, sock: socket.socket, options: ServeOptions, graceful_seconds: float = 30.0, own_logging: bool = True
+    service: Catalogue, sock: socket.socket, options: ServeOptions, graceful_seconds: float = 30.0, own_logging: bool = True
 ) -> uvicorn.Server:
     """A uvicorn server for the app. ``own_logging=False`` leaves logging alone (an embedded
     server): uvicorn's default config binds handlers to the sys.stderr of the moment, which a

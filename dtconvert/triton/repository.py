@@ -18,6 +18,15 @@ tensor), then writes ``OUT/triton/``:
 
 ``OUT/cloud.json`` lists the variants (model id, tasks, scale, zero point, ensemble name) and the
 trunk's digest. The directory is written beside ``--out`` and renamed onto it when complete.
+
+Two backends, one description: every model is the same traced TorchScript file ``1/model.pt``
+with the same inputs, outputs and batching; only how Triton runs it differs. ``libtorch`` (the
+default, Triton's PyTorch backend, what GPU fleets run) loads it natively; ``python`` (Triton's
+Python backend, in the ``nvidia-pytriton`` wheel that runs on a CPU machine) runs
+:mod:`dtconvert.triton.python_model`, copied beside it as ``1/model.py``, which loads the same file
+with torch and batches the requests Triton's dynamic batcher hands it. Every model's config
+carries the model ids and the trunk digest it was written for (``parameters``), which the gateway
+(``dtconvert serve --triton``) checks before it forwards anything.
 """
 
 from __future__ import annotations
@@ -31,11 +40,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dtconvert.checkpoint import replace_dir
 from dtconvert.errors import UserError
 
 TRUNK_MODEL = "cloud_trunk"
 MAX_BATCH = 64
 QUEUE_DELAY_US = 2000
+# How Triton runs each model's model.pt: its config line, and whether model.py goes beside it.
+BACKENDS = {"libtorch": 'platform: "pytorch_libtorch"', "python": 'backend: "python"'}
+DEFAULT_BACKEND = "libtorch"
+PYTHON_MODEL = Path(__file__).with_name("python_model.py")
+# The config parameters the gateway reads back from Triton before it forwards a variant's requests.
+MODEL_IDS_KEY = "dtconvert_model_ids"
+TRUNK_KEY = "dtconvert_trunk_sha256"
 
 
 class _Trunk(nn.Module):
@@ -70,10 +87,17 @@ def ensemble_name(variant) -> str:
     return f"{variant.manifest['model']['name']}_{variant.model_id}"
 
 
-def write_cloud(export_dirs: list[Path], out: Path) -> dict:
-    """Write the shared cloud's Triton repository and ``cloud.json`` to ``out``; return cloud.json."""
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise UserError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    return backend
+
+
+def write_cloud(export_dirs: list[Path], out: Path, backend: str = DEFAULT_BACKEND) -> dict:
+    """Write the shared cloud's Triton repository for ``backend`` and ``cloud.json`` to ``out``; return cloud.json."""
     from dtconvert.cloud import SharedCloud
 
+    check_backend(backend)
     cloud = SharedCloud([Path(d) for d in export_dirs])
     if cloud.legacy:
         first = next(iter(cloud.variants.values()))
@@ -85,34 +109,29 @@ def write_cloud(export_dirs: list[Path], out: Path) -> dict:
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         repo = staging / "triton"
+        trunk_sha256 = variant_identity(cloud)
+        stamp = _Stamp(backend, ",".join(cloud.model_ids), trunk_sha256)
         tokens, width = cloud.token_shape
         feature_dim = next(iter(cloud.heads.values()))[0].shape[1]
-        _write_trunk(repo, cloud, tokens, width, feature_dim)
+        _write_trunk(repo, cloud, tokens, width, feature_dim, stamp)
         for key, (weight, bias) in cloud.heads.items():
             owner = next(v for v in cloud.variants.values() if key in v.heads)
             task = key.split(":")[0]
-            _write_head(repo, head_model_name(key), weight, bias, owner.labels[task], feature_dim)
+            _write_head(repo, head_model_name(key), weight, bias, owner.labels[task], feature_dim, stamp)
         for variant in cloud.variants.values():
-            _write_ensemble(repo, variant, tokens, width)
+            _write_ensemble(repo, variant, tokens, width, stamp)
         description = {
             "format": "dtconvert-cloud",
             "format_version": 1,
-            "trunk_sha256": variant_identity(cloud),
-            "triton": {"repository": "triton", "trunk_model": TRUNK_MODEL, "max_batch_size": MAX_BATCH},
+            "trunk_sha256": trunk_sha256,
+            "triton": {"repository": "triton", "backend": backend, "trunk_model": TRUNK_MODEL, "max_batch_size": MAX_BATCH},
             "variants": [
                 {**v.summary(), "export": str(v.export_dir), "ensemble": ensemble_name(v), "heads": [head_model_name(k) for k in v.heads]}
                 for v in cloud.variants.values()
             ],
         }
         (staging / "cloud.json").write_text(json.dumps(description, indent=2) + "\n")
-        if out.exists():
-            retired = out.parent / f".{out.name}.old"
-            shutil.rmtree(retired, ignore_errors=True)
-            out.rename(retired)
-            staging.rename(out)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            staging.rename(out)
+        replace_dir(staging, out)
         return description
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -126,12 +145,27 @@ def variant_identity(cloud) -> str:
     return cloud_identity(cloud.trunk, first.tasks)["trunk_sha256"]
 
 
-def _save(module: nn.Module, example: tuple, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch 2.13 marks TorchScript deprecated; Triton's libtorch backend loads it
-        traced = torch.jit.trace(module.eval(), example, check_trace=False)
-        torch.jit.save(traced, str(path))
+class _Stamp:
+    """What every model of one repository shares: its backend, and whom it was written for."""
+
+    def __init__(self, backend: str, model_ids: str, trunk_sha256: str) -> None:
+        self.backend, self.model_ids, self.trunk_sha256 = backend, model_ids, trunk_sha256
+
+    def runs(self) -> str:
+        """The config lines saying how Triton runs the model, and for whom it was written."""
+        return f"""{BACKENDS[self.backend]}
+parameters {{ key: "{MODEL_IDS_KEY}" value: {{ string_value: "{self.model_ids}" }} }}
+parameters {{ key: "{TRUNK_KEY}" value: {{ string_value: "{self.trunk_sha256}" }} }}"""
+
+    def write_model(self, module: nn.Module, example: tuple, version_dir: Path) -> None:
+        """``model.pt`` (traced TorchScript, loaded by either backend) and, for Python, ``model.py``."""
+        version_dir.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch 2.13 marks TorchScript deprecated; Triton's libtorch backend loads it
+            traced = torch.jit.trace(module.eval(), example, check_trace=False)
+            torch.jit.save(traced, str(version_dir / "model.pt"))
+        if self.backend == "python":
+            shutil.copyfile(PYTHON_MODEL, version_dir / "model.py")
 
 
 # How every model of the repositories batches and where it runs.
@@ -159,7 +193,7 @@ def write_triton_repository(root: Path, model_name: str, decoder_file: Path, wir
     config = f"""# Cloud decoder of dtconvert model {model_name!r}: int8 wire tensor in, one logits tensor per task out.
 # OUTPUT__i follows the manifest's task order: {", ".join(t["name"] for t in tasks)}.
 name: "{model_name}"
-platform: "pytorch_libtorch"
+{BACKENDS[DEFAULT_BACKEND]}
 max_batch_size: {MAX_BATCH}
 {_wire_inputs(wire_shape[1], wire_shape[2])}
 output [
@@ -180,20 +214,20 @@ def _wire_inputs(tokens: int, width: int) -> str:
 ]"""
 
 
-def _write_trunk(repo: Path, cloud, tokens: int, width: int, feature_dim: int) -> None:
+def _write_trunk(repo: Path, cloud, tokens: int, width: int, feature_dim: int, stamp: _Stamp) -> None:
     v = next(iter(cloud.variants.values()))
     example = (
         torch.zeros((2, tokens, width), dtype=torch.int8),
         torch.full((2, 1), v.scale),
         torch.full((2, 1), v.zero_point, dtype=torch.int32),
     )
-    _save(_Trunk(cloud.trunk), example, repo / TRUNK_MODEL / "1" / "model.pt")
+    stamp.write_model(_Trunk(cloud.trunk), example, repo / TRUNK_MODEL / "1")
     (
         repo / TRUNK_MODEL / "config.pbtxt"
     ).write_text(f"""# The shared cloud trunk of {len(cloud.variants)} device variant(s): {", ".join(cloud.model_ids)}.
 # Every row carries its own variant's scale and zero point, so one dynamic batch serves every variant.
 name: "{TRUNK_MODEL}"
-platform: "pytorch_libtorch"
+{stamp.runs()}
 max_batch_size: {MAX_BATCH}
 {_wire_inputs(tokens, width)}
 output [
@@ -202,12 +236,14 @@ output [
 {_BATCHING}""")
 
 
-def _write_head(repo: Path, name: str, weight: torch.Tensor, bias: torch.Tensor, labels: list[str], feature_dim: int) -> None:
-    _save(_Head(weight, bias), (torch.zeros((2, feature_dim)),), repo / name / "1" / "model.pt")
+def _write_head(
+    repo: Path, name: str, weight: torch.Tensor, bias: torch.Tensor, labels: list[str], feature_dim: int, stamp: _Stamp
+) -> None:
+    stamp.write_model(_Head(weight, bias), (torch.zeros((2, feature_dim)),), repo / name / "1")
     (repo / name / "labels.txt").write_text("\n".join(labels) + "\n")
     (repo / name / "config.pbtxt").write_text(f"""# One task head: shared trunk feature -> logits.
 name: "{name}"
-platform: "pytorch_libtorch"
+{stamp.runs()}
 max_batch_size: {MAX_BATCH}
 input [
   {{ name: "INPUT__0" data_type: TYPE_FP32 dims: [ {feature_dim} ] }}
@@ -218,7 +254,7 @@ output [
 {_BATCHING}""")
 
 
-def _write_ensemble(repo: Path, variant, tokens: int, width: int) -> None:
+def _write_ensemble(repo: Path, variant, tokens: int, width: int, stamp: _Stamp) -> None:
     name = ensemble_name(variant)
     (repo / name / "1").mkdir(parents=True)  # an ensemble has no model file, but Triton wants its version folder
     outputs = ",\n".join(
@@ -247,6 +283,8 @@ def _write_ensemble(repo: Path, variant, tokens: int, width: int) -> None:
 # OUTPUT__i follows its tasks' order: {", ".join(variant.tasks)}. Scale {variant.scale!r}, zero point {variant.zero_point}.
 name: "{name}"
 platform: "ensemble"
+parameters {{ key: "{MODEL_IDS_KEY}" value: {{ string_value: "{variant.model_id}" }} }}
+parameters {{ key: "{TRUNK_KEY}" value: {{ string_value: "{stamp.trunk_sha256}" }} }}
 max_batch_size: {MAX_BATCH}
 {_wire_inputs(tokens, width)}
 output [
