@@ -203,6 +203,12 @@ def test_the_gateway_answers_as_dtconvert_serve_does(gateway, plain_server, int8
     assert f'dtconvert_triton_forwarded_rows_total{{model_id="{Model(tuned_export).id}"}} 32.0' in metrics
 
 
+def test_the_client_works_unchanged_against_the_gateway(gateway, tuned_export):
+    done = run_cli("client", str(tuned_export), "--target", "tflite", "--url", gateway.url, "--digits", "40")
+    assert done.returncode == 0, done.stderr
+    assert "mod3" in done.stdout
+
+
 def test_the_gateway_refuses_a_clients_mistake_itself(gateway, int8_export, tuned_export):
     base, tuned = Model(int8_export), Model(tuned_export)
     status, answer = post(gateway.url, base.message(base.wire_int8[:1], scale=tuned.scale))
