@@ -120,14 +120,18 @@ def export_checkpoint(
     verify: bool,
     keep_float: tuple[str, ...],
     max_float: int,
+    arm64: list[str] | None = None,
 ) -> tuple[Path, dict, AutoResult | None]:
     """``dtconvert export``: one export at ``precision``, or the search ``--precision auto`` makes."""
     if precision != "auto":
         export_dir, manifest = run_export(
-            checkpoint, targets, precision=precision, calib=calib, out=out, verify=verify, keep_float=keep_float
+            checkpoint, targets, precision=precision, calib=calib, out=out, verify=verify, keep_float=keep_float, arm64=arm64
         )
         return export_dir, manifest, None
-    if keep_float or not verify:
-        raise UserError("--precision auto chooses what stays float and needs the gate: no --keep-float, no --no-verify")
+    if keep_float or not verify or arm64:
+        raise UserError(
+            "--precision auto chooses what stays float and needs the gate: no --keep-float, no --no-verify, "
+            "no --arch (verify its export with 'dtconvert verify EXPORT --arch arm64')"
+        )
     result = run_auto(checkpoint, targets, calib=calib, out=out, max_float=max_float)
     return result.export_dir, result.manifest, result

@@ -136,15 +136,12 @@ def export(
         "int8-static: full-integer with calibrated activation scales, for NPUs. fp32: no quantization. "
         "auto: int8, keeping float the layer the failed gate names, until it passes (see --max-float).",
     ),
-    calib: str | None = typer.Option(
-        None, "--calib", help="Calibration images: a count N taken from the checkpoint's training split (default 128), or a folder."
-    ),
+    calib: str | None = typer.Option(None, "--calib", help="Calibration images: N of the checkpoint's training split (128), or a folder."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Export directory (default: ./export/<checkpoint stem>)."),
-    verify: bool = typer.Option(
-        True, "--verify/--no-verify", help="Run 'dtconvert verify' on the export and record the results in the manifest."
-    ),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Run 'dtconvert verify' on the export; record it in the manifest."),
+    arch: str | None = typer.Option(None, "--arch", help="arm64: verify on emulated arm64 CPUs a53 and a76 too (see verify --arch)."),
     keep_float: list[str] = typer.Option(
-        [], "--keep-float", help="Keep this encoder module float on every target (a name or glob, e.g. layers.1.ffn); repeatable."
+        [], "--keep-float", help="Keep this encoder module float everywhere (e.g. layers.1.ffn); repeatable."
     ),
     max_float: int = typer.Option(3, "--max-float", min=0, help="--precision auto: most modules kept float."),
 ) -> None:
@@ -156,10 +153,13 @@ def export(
     from dtconvert.export import ExportFailed, parse_targets
     from dtconvert.report.pipeline import print_auto_summary, print_export_summary
     from dtconvert.report.verify import verdict_of_export
+    from dtconvert.verify import parse_arch
 
-    targets = parse_targets(target)
+    targets, arm64 = parse_targets(target), parse_arch(arch, "a53,a76")
     try:
-        export_dir, manifest, auto = export_checkpoint(checkpoint, targets, precision, calib, out, verify, tuple(keep_float), max_float)
+        export_dir, manifest, auto = export_checkpoint(
+            checkpoint, targets, precision, calib, out, verify, tuple(keep_float), max_float, arm64
+        )
     except ExportFailed as e:
         _fail(f"{e} (full log: {e.log})", code=1)
     print_export_summary(export_dir, manifest)
@@ -181,25 +181,25 @@ def verify_command(
     digits: bool = typer.Option(False, "--digits", help="Insist on the bundled digits (an error for a model trained on other data)."),
     json_report: Path | None = typer.Option(None, "--json", help="Write every number to this JSON file."),
     junit: Path | None = typer.Option(None, "--junit", help="Write a JUnit XML report (one test case per artifact and check)."),
-    tolerance: Path | None = typer.Option(
-        None, "--tolerance", help="YAML file overriding the default bounds (target → precision → bound)."
-    ),
+    tolerance: Path | None = typer.Option(None, "--tolerance", help="YAML file overriding the default bounds (target → precision → bound)"),
+    arch: str | None = typer.Option(None, "--arch", help="arm64: also run the ExecuTorch and LiteRT artifacts on arm64 under QEMU."),
+    cpu: str = typer.Option("a53,a76", "--cpu", help="With --arch arm64: the CPU profiles, from a53, a76, max."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Use only the first N images of each set (held-out, rest, folder)."),
     explain: bool | None = typer.Option(
-        None, "--explain/--no-explain", help="SQNR of every layer of the device encoder per runtime (default: when a check fails)."
+        None, "--explain/--no-explain", help="SQNR of every encoder layer per runtime (default: on failure)."
     ),
 ) -> None:
     """Accuracy parity of every artifact in its real runtime against the fp32 model: a CI gate.
 
     Exit status: 0 all checks pass, 1 a check failed, 2 bad input.
 
-    Example: dtconvert verify export/ckpt --json verify.json --junit verify.xml
+    Example: dtconvert verify export/ckpt --json verify.json --junit verify.xml [--arch arm64 --cpu a53,a76]
     """
     from dtconvert.output import progress_console, third_party_log
     from dtconvert.report.verify import print_verify, to_github, verdict
-    from dtconvert.verify import verify_export, write_reports
+    from dtconvert.verify import parse_arch, verify_export, write_reports
 
-    console = progress_console()
+    console, arm64 = progress_console(), parse_arch(arch, cpu)
     with third_party_log(export_dir, "verify"):
         report = verify_export(
             export_dir,
@@ -209,6 +209,7 @@ def verify_command(
             limit=limit,
             log=lambda line: console.print(line, highlight=False),
             explain=explain,
+            arm64=arm64,
         )
     write_reports(report, json_report, junit)
     print_verify(report)

@@ -106,6 +106,7 @@ def run_export(
     console: Console | None = None,
     verify: bool = True,
     keep_float: tuple[str, ...] = (),
+    arm64: list[str] | None = None,
 ) -> tuple[Path, dict]:
     """Export ``checkpoint`` for ``targets``; return the export directory and its manifest.
 
@@ -113,7 +114,8 @@ def run_export(
     on every target; an int8 precision only.
 
     With ``verify`` (the default) ``dtconvert verify`` runs on the finished export before it is
-    moved into place, and its results are recorded in the manifest's ``verification``."""
+    moved into place, and its results are recorded in the manifest's ``verification``; ``arm64``
+    (CPU profiles) verifies on emulated arm64 too, and the manifest records those rows and profiles."""
     if precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     out = Path(out) if out is not None else default_out(checkpoint)
@@ -138,6 +140,7 @@ def run_export(
     work = Path(tempfile.mkdtemp(prefix="dtconvert-work-"))
     run = _Export(checkpoint, ckpt, model, precision, calibration, staging, work, _Stages(console, staging / "export.log"))
     run.keep_float = tuple(keep_float)
+    run.arm64 = arm64
     try:
         run.calibrate(calibration_info)  # 2. the wire tensor's int8 parameters
         artifacts = run.device_artifacts(targets)  # 3. device targets, one module each
@@ -178,6 +181,7 @@ class _Export:
         self.wire_shape = [1, *model.cfg.wire_shape]
         self.current = "load"
         self.keep_float: tuple[str, ...] = ()
+        self.arm64: list[str] | None = None  # verify on these emulated arm64 CPU profiles too
 
     def calibrate(self, calibration_info: dict) -> None:
         """The wire tensor's int8 parameters (static activation scales, where a precision has them,
@@ -332,7 +336,7 @@ class _Export:
 
         with self.stages.stage("verify"):
             try:
-                report = verify_export(self.staging, log=lambda line: None)
+                report = verify_export(self.staging, log=lambda line: None, arm64=self.arm64)
             except UserError as e:
                 raise UserError(
                     f"cannot verify the export: {e}. Export with --no-verify, then run "

@@ -31,11 +31,23 @@ from dtconvert.evaluation import verification_data
 from dtconvert.manifest import load_manifest
 from dtconvert.targets import RUNTIMES, Run, UnsupportedByRuntime, load_target, looped
 from dtconvert.tolerances import load_tolerances
+from dtconvert.verify.arm64 import Arm64Checks
 from dtconvert.verify.checks import check_integrity, check_kept_float, check_preprocessing, check_structure, check_wire
 from dtconvert.verify.end_to_end import EndToEnd
 from dtconvert.verify.results import Check, Report, write_reports
 
-__all__ = ["Check", "Report", "device_runners", "verify_export", "write_reports"]
+__all__ = ["Check", "Report", "device_runners", "parse_arch", "verify_export", "write_reports"]
+
+
+def parse_arch(arch: str | None, cpu: str) -> list[str] | None:
+    """``--arch``/``--cpu``: the arm64 CPU profiles to verify on, or None for this machine only."""
+    from dtconvert.targets.arm64 import parse_profiles
+
+    if arch is None:
+        return None
+    if arch != "arm64":
+        raise UserError(f"--arch {arch!r}: the one other architecture verify runs is arm64 (under QEMU)")
+    return parse_profiles(cpu)
 
 
 def device_runners(export_dir: Path, entry: dict) -> list[tuple[str, Run]]:
@@ -60,19 +72,22 @@ def verify_export(
     limit: int | None = None,
     log=print,
     explain: bool | None = None,
+    arm64: list[str] | None = None,
 ) -> Report:
     """Run every check on an export directory; never raises for a failed check, only for bad input.
 
     ``explain``: also measure every point inside each device artifact (``verify --explain``);
-    None (the default) does so when a check failed."""
+    None (the default) does so when a check failed. ``arm64``: also run the ExecuTorch and
+    LiteRT artifacts on arm64 under QEMU, once per CPU profile named (``verify --arch arm64``)."""
     start = time.perf_counter()
     export_dir = Path(export_dir)
     manifest = load_manifest(export_dir)
     evaluation = verification_data(manifest, data, digits, limit)
     report = Report(str(export_dir), len(evaluation.images), evaluation.description, sets=evaluation.counts())
     # 1. Integrity: every byte is what the manifest says, before anything runs.
+    checks = Arm64Checks(arm64, log) if arm64 else None  # builds the root first: an unusable machine is one line, before any work
     if check_integrity(report, export_dir, manifest):
-        run = _Verification(export_dir, manifest, load_tolerances(tolerance_file), evaluation, report)
+        run = _Verification(export_dir, manifest, load_tolerances(tolerance_file), evaluation, report, checks)
         run.cloud_decoder()  # 2. the cloud decoder alone: the int8 wire of the fp32 encoder, decoded
         log(f"✓ cloud decoder on {len(evaluation.images)} images")
         for entry in (e for e in manifest["artifacts"] if e["part"] == "device"):
@@ -105,12 +120,13 @@ def _first_line(e: BaseException) -> str:
 class _Verification:
     """The fp32 reference's outputs on every image, the cloud decoder, and the checks of each artifact."""
 
-    def __init__(self, export_dir: Path, manifest: dict, tolerances, evaluation, report: Report) -> None:
+    def __init__(self, export_dir: Path, manifest: dict, tolerances, evaluation, report: Report, arm64=None) -> None:
         import torch
 
         from dtconvert.targets.torchscript import load_decoder
 
         self.export_dir, self.manifest, self.tolerances, self.evaluation, self.report = export_dir, manifest, tolerances, evaluation, report
+        self.arm64 = arm64  # verify --arch arm64: an Arm64Checks
         self.precision = manifest["precision"]
         self.tasks = [t["name"] for t in manifest["tasks"]]
         by_target = {e["target"]: e for e in manifest["artifacts"]}
@@ -158,18 +174,30 @@ class _Verification:
             raise
         except Exception as e:  # noqa: BLE001  bytes that match the manifest but no runtime can read (it raises anything): a broken export
             raise unloadable(self.export_dir / name, target, e) from None
+        host: dict[str, np.ndarray] = {}
         for key, run in runners:
-            bounds, runtime = self.tolerances.get(target, self.precision, key), RUNTIMES[key]
-            try:
-                wire = looped(run)(self.evaluation.images)  # device artifacts take batch 1, as phones run them
-            except Exception as e:  # noqa: BLE001  whatever the runtime raises while running is a reported failed check
-                report.add(name, runtime, "run", False, _first_line(e))
-                continue
-            if wire.shape != self.reference_wire.shape:
-                detail = f"wire tensor of shape {list(wire.shape)}, the fp32 model's is {list(self.reference_wire.shape)}"
-                report.add(name, runtime, "wire", False, detail)
-                continue
-            wire_numbers = check_wire(report, name, runtime, wire, self.reference_wire, bounds)
-            numbers = self.end_to_end.check(name, runtime, self.decode(wire), bounds)
-            report.metrics.setdefault(name, {})[runtime] = {"wire": wire_numbers, "tasks": numbers}
-            yield runtime
+            wire = self.check_runtime(entry, key, RUNTIMES[key], looped(run))  # device artifacts take batch 1, as phones run them
+            if wire is not None:
+                host[key] = wire
+                yield RUNTIMES[key]
+        if self.arm64 is not None:
+            yield from self.arm64.check(self, entry, host)
+
+    def check_runtime(self, entry: dict, key: str, runtime: str, run) -> np.ndarray | None:
+        """Run every image through ``run`` and check the wire and the end-to-end results; the wire, or
+        None when it could not be had. ``key``: the runtime whose bounds apply; ``runtime``: its label here."""
+        name, report = entry["path"], self.report
+        bounds = self.tolerances.get(entry["target"], self.precision, key)
+        try:
+            wire = run(self.evaluation.images)
+        except Exception as e:  # noqa: BLE001  whatever the runtime raises while running is a reported failed check
+            report.add(name, runtime, "run", False, _first_line(e))
+            return None
+        if wire.shape != self.reference_wire.shape:
+            detail = f"wire tensor of shape {list(wire.shape)}, the fp32 model's is {list(self.reference_wire.shape)}"
+            report.add(name, runtime, "wire", False, detail)
+            return None
+        wire_numbers = check_wire(report, name, runtime, wire, self.reference_wire, bounds)
+        numbers = self.end_to_end.check(name, runtime, self.decode(wire), bounds)
+        report.metrics.setdefault(name, {})[runtime] = {"wire": wire_numbers, "tasks": numbers}
+        return wire

@@ -29,6 +29,7 @@ class Report:
     structure: dict = field(default_factory=dict)  # artifact → {"delegation": {...}}, measured from the artifact
     seconds: float = 0.0
     explanation: dict | None = None  # verify --explain (and every failed gate): the per-point SQNR table
+    platforms: dict = field(default_factory=dict)  # verify --arch arm64: the emulator, each CPU profile and the features it showed
 
     @property
     def passed(self) -> bool:
@@ -58,6 +59,7 @@ class Report:
             "structure": self.structure,
             "checks": [asdict(c) for c in self.checks],
             "explanation": self.explanation,
+            "platforms": self.platforms,
         }
 
     def summary(self) -> dict:
@@ -72,6 +74,7 @@ class Report:
             "failed": [asdict(c) for c in self.checks if not c.passed],
             "checks": len(self.checks),
             "explanation": self.explanation,
+            "platforms": self.platforms,
         }
 
     def to_junit(self) -> str:
