@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -129,7 +130,8 @@ class Arm64Root:
         """``argv`` in the root as ``profile``'s CPU; /proc mounted in a private mount namespace."""
         _register_binfmt(self.qemu)
         environment = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8", "QEMU_CPU": PROFILES[profile][0]}
-        script = f'mount -t proc proc {self.root}/proc && exec chroot {self.root} "$@"'
+        root = shlex.quote(str(self.root))
+        script = f'mount -t proc proc {root}/proc && exec chroot {root} "$@"'
         return subprocess.run(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *argv],
             capture_output=True, text=True, timeout=timeout, env={**environment, **(env or {})},
@@ -315,7 +317,11 @@ def _register_binfmt(qemu: Path) -> None:
         if f"interpreter {qemu}\n" in entry.read_text():
             return
         entry.write_text("-1")  # ours, pointing at another QEMU: replace it
-    (BINFMT / "register").write_text(f":{BINFMT_NAME}:M::{ELF_MAGIC}:{ELF_MASK}:{qemu}:F")
+    try:
+        (BINFMT / "register").write_text(f":{BINFMT_NAME}:M::{ELF_MAGIC}:{ELF_MASK}:{qemu}:F")
+    except OSError:  # another process registered it a moment ago
+        if not entry.exists() or f"interpreter {qemu}\n" not in entry.read_text():
+            raise
 
 
 def _debootstrap(root: Path, log) -> None:
