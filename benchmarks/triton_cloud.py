@@ -90,7 +90,7 @@ def triton_jobs(export_dirs: list[Path]) -> list[tuple[str, list]]:
     import tritonclient.grpc.aio as grpcaio
 
     from dtconvert.cloud import Catalogue
-    from dtconvert.triton import ensemble_name
+    from dtconvert.triton import ensemble_name, infer_inputs
     from dtconvert.wire import decode_payload
 
     catalogue = Catalogue(export_dirs)
@@ -98,12 +98,7 @@ def triton_jobs(export_dirs: list[Path]) -> list[tuple[str, list]]:
     for export in export_dirs:
         payload = decode_payload(wire_message(export))
         variant = catalogue.variant(payload.model_id)
-        inputs = [grpcaio.InferInput("INPUT__0", list(payload.tensor.shape), "INT8"),
-                  grpcaio.InferInput("INPUT__1", [1, 1], "FP32"), grpcaio.InferInput("INPUT__2", [1, 1], "INT32")]  # fmt: skip
-        inputs[0].set_data_from_numpy(np.ascontiguousarray(payload.tensor))
-        inputs[1].set_data_from_numpy(np.full((1, 1), variant.scale, dtype=np.float32))
-        inputs[2].set_data_from_numpy(np.full((1, 1), variant.zero_point, dtype=np.int32))
-        jobs.append((ensemble_name(variant), inputs))
+        jobs.append((ensemble_name(variant), infer_inputs(grpcaio, payload.tensor, variant.scale, variant.zero_point)))
     return jobs
 
 

@@ -404,3 +404,17 @@ def test_a_pickled_golden_file_is_a_failed_check_not_a_traceback(quick_int8_expo
     result = _verify(copy, "--json", str(tmp_path / "v.json"), "--limit", "20")
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert ("manifest", "-", "preprocessing") in _failed(json.loads((tmp_path / "v.json").read_text()))
+
+
+def test_arm64_distance_from_x86_counts_what_moved_and_twin():
+    """verify --arch arm64's vs_x86 numbers, on hand-made wires: identical, then one value a step off."""
+    from dtconvert.verify.arm64 import distance
+
+    x86 = np.linspace(-1, 1, 64, dtype=np.float32).reshape(1, 8, 8)
+    same = distance(x86.copy(), x86, scale=0.01, zero_point=0)
+    assert same == {"max_abs": 0.0, "sqnr_db": None, "int8_values_moved": 0, "int8_values": 64}
+    arm = x86.copy()
+    arm[0, 3, 3] += 0.01  # one int8 step at this scale
+    moved = distance(arm, x86, scale=0.01, zero_point=0)
+    assert moved["int8_values_moved"] == 1 and abs(moved["max_abs"] - 0.01) < 1e-6
+    assert moved["sqnr_db"] == round(10 * np.log10(float((x86.astype(np.float64) ** 2).sum()) / 0.01**2), 2)

@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from dtconvert.batching import QueueFull, ShuttingDown
 from dtconvert.cloud import Catalogue, Variant, softmax
 from dtconvert.errors import UserError
-from dtconvert.triton import MODEL_IDS_KEY, TRUNK_KEY, ensemble_name
+from dtconvert.triton import MODEL_IDS_KEY, TRUNK_KEY, ensemble_name, infer_inputs
 
 
 class CloudRefused(Exception):
@@ -98,8 +99,6 @@ class TritonForwarder:
         self.client = grpcaio.InferenceServerClient(self.target)
 
     def check_open(self) -> None:
-        from dtconvert.batching import ShuttingDown
-
         if self.closing:
             raise ShuttingDown()
 
@@ -112,8 +111,6 @@ class TritonForwarder:
 
     async def submit(self, wire: np.ndarray, variant: Variant) -> tuple[list[list[np.ndarray]], dict]:
         """The message's rows through its variant's ensemble; per row, each task's probabilities."""
-        from dtconvert.batching import QueueFull
-
         if self.max_queue is not None and self.pending + len(wire) > self.max_queue:
             raise QueueFull(self.pending, self.max_queue)
         self.pending += len(wire)
@@ -131,15 +128,7 @@ class TritonForwarder:
         import tritonclient.grpc.aio as grpcaio
         from tritonclient.utils import InferenceServerException
 
-        n = len(wire)
-        inputs = [
-            grpcaio.InferInput("INPUT__0", list(wire.shape), "INT8"),
-            grpcaio.InferInput("INPUT__1", [n, 1], "FP32"),
-            grpcaio.InferInput("INPUT__2", [n, 1], "INT32"),
-        ]
-        inputs[0].set_data_from_numpy(np.ascontiguousarray(wire, dtype=np.int8))
-        inputs[1].set_data_from_numpy(np.full((n, 1), variant.scale, dtype=np.float32))
-        inputs[2].set_data_from_numpy(np.full((n, 1), variant.zero_point, dtype=np.int32))
+        inputs = infer_inputs(grpcaio, wire, variant.scale, variant.zero_point)
         outputs = [grpcaio.InferRequestedOutput(f"OUTPUT__{i}") for i in range(len(variant.tasks))]
         try:
             result = await self.client.infer(ensemble_name(variant), inputs, outputs=outputs, client_timeout=self.timeout)

@@ -10,6 +10,7 @@ coremltools, tensorflow) is imported only when that target is used: the table ma
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +106,12 @@ class ExportJob:
 
 
 Run = Callable[[np.ndarray], np.ndarray]
+
+
+def cache_dir() -> Path:
+    """Where runtimes dtconvert downloads once are kept (the arm64 root, tritonserver): ``DTCONVERT_CACHE``
+    or ``~/.cache/dtconvert``."""
+    return Path(os.environ.get("DTCONVERT_CACHE") or Path.home() / ".cache" / "dtconvert")
 
 
 def runtime_label(runtime: str) -> str:

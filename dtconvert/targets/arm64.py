@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from dtconvert.errors import UserError
+from dtconvert.targets import cache_dir
 
 # name → (QEMU_CPU, what it stands for)
 PROFILES = {
@@ -86,10 +87,6 @@ np.save(out, np.stack(rows))
 
 class Arm64Unavailable(UserError):
     """This machine cannot run arm64 artifacts under emulation; the text says why."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("DTCONVERT_CACHE") or Path.home() / ".cache" / "dtconvert")
 
 
 def parse_profiles(text: str) -> list[str]:

@@ -12,6 +12,7 @@ from dtconvert.triton.repository import (
     TRUNK_MODEL,
     ensemble_name,
     head_model_name,
+    infer_inputs,
     write_cloud,
     write_triton_repository,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "TRUNK_MODEL",
     "ensemble_name",
     "head_model_name",
+    "infer_inputs",
     "write_cloud",
     "write_triton_repository",
 ]

@@ -37,6 +37,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -212,6 +213,21 @@ def _wire_inputs(tokens: int, width: int) -> str:
   {{ name: "INPUT__1" data_type: TYPE_FP32 dims: [ 1 ] }},
   {{ name: "INPUT__2" data_type: TYPE_INT32 dims: [ 1 ] }}
 ]"""
+
+
+def infer_inputs(client, wire: np.ndarray, scale: float, zero_point: int) -> list:
+    """The three inputs of a trunk or ensemble request for int8 ``wire`` rows of one variant, made
+    with ``client`` (``tritonclient.http``, ``tritonclient.grpc`` or ``tritonclient.grpc.aio``)."""
+    n = len(wire)
+    inputs = [
+        client.InferInput("INPUT__0", list(wire.shape), "INT8"),
+        client.InferInput("INPUT__1", [n, 1], "FP32"),
+        client.InferInput("INPUT__2", [n, 1], "INT32"),
+    ]
+    inputs[0].set_data_from_numpy(np.ascontiguousarray(wire, dtype=np.int8))
+    inputs[1].set_data_from_numpy(np.full((n, 1), scale, dtype=np.float32))
+    inputs[2].set_data_from_numpy(np.full((n, 1), zero_point, dtype=np.int32))
+    return inputs
 
 
 def _write_trunk(repo: Path, cloud, tokens: int, width: int, feature_dim: int, stamp: _Stamp) -> None:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Self
 
 from dtconvert.errors import UserError
+from dtconvert.targets import cache_dir
 
 WHEEL = "nvidia-pytriton==0.7.0"
 WHEEL_FILE = "nvidia_pytriton-0.7.0-py3-none-manylinux_2_35_x86_64.whl"
@@ -47,10 +48,6 @@ _UNPACKED = ("pytriton/tritonserver/", "nvidia_pytriton.libs/")
 
 class TritonUnavailable(UserError):
     """This machine cannot run the wheel's ``tritonserver`` (platform, Python version, download)."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("DTCONVERT_CACHE") or Path.home() / ".cache" / "dtconvert")
 
 
 def unsupported() -> str | None:
