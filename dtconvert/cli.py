@@ -27,6 +27,7 @@ app = typer.Typer(
 )
 
 BUNDLED_RECIPES_HELP = "A recipe YAML file, or the name of a bundled recipe (digits, digits-tune, dt-2m, dt-15m)."
+TUNE_HELP = "'device': freeze the shared cloud, train the device half and new task heads; 'qat': the same with int8-static fake quantization in the loop (default: the recipe's)."  # noqa: E501  one sentence, as --help shows it
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -70,15 +71,14 @@ def train(
     recipe: str = typer.Argument(..., help=BUNDLED_RECIPES_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory; the checkpoint is written to OUT/ckpt.pt."),
     init: Path | None = typer.Option(None, "--init", help="Start from this checkpoint (needed by --tune device)."),
-    tune: str | None = typer.Option(
-        None, "--tune", help="'device': freeze the shared cloud, train the device half and new task heads (default: the recipe's)."
-    ),
-    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Override the recipe's epoch count."),
+    tune: str | None = typer.Option(None, "--tune", help=TUNE_HELP),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Override the recipe's epoch count (with --tune qat: its QAT epochs)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Multi-task training balanced with GradNorm.
 
     Example: dtconvert train recipes/digits.yaml --out runs/digits
+    (QAT for int8-static: dtconvert train digits --init runs/digits/ckpt.pt --tune qat --out runs/digits-qat)
     """
     from dtconvert.recipe import TUNE_MODES, load_recipe, resolve_recipe
 
@@ -86,7 +86,7 @@ def train(
     if tune is not None and tune not in TUNE_MODES:
         raise UserError(f"--tune must be one of {', '.join(TUNE_MODES)}, got {tune!r}")
     if epochs is not None:
-        r = dataclasses.replace(r, epochs=epochs)
+        r = dataclasses.replace(r, epochs=epochs, qat_epochs=epochs)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: --out exists and is not a directory")
 

@@ -33,6 +33,7 @@ from dtconvert.data import calibration_images
 from dtconvert.errors import UserError
 from dtconvert.manifest import SCHEMA_VERSION, describe_file, write_manifest
 from dtconvert.output import logged_fds, progress_console
+from dtconvert.qat import check_cloud_kept
 from dtconvert.rewrite import check_keep_float, kept_modules
 from dtconvert.targets import (
     DEVICE_TARGETS,
@@ -126,6 +127,7 @@ def run_export(
 
     # 1. Load and split (the split is the model's own encode()/decode() boundary).
     ckpt = load_checkpoint(checkpoint)
+    check_cloud_kept(ckpt, checkpoint)
     model = build_model(ckpt, checkpoint)
     model.encoder.eval()
     model.decoder.eval()
@@ -140,6 +142,7 @@ def run_export(
     work = Path(tempfile.mkdtemp(prefix="dtconvert-work-"))
     run = _Export(checkpoint, ckpt, model, precision, calibration, staging, work, _Stages(console, staging / "export.log"))
     run.keep_float = tuple(keep_float)
+    run.qat = qat_of(ckpt, precision, keep_float)
     run.arm64 = arm64
     try:
         run.calibrate(calibration_info)  # 2. the wire tensor's int8 parameters
@@ -182,6 +185,7 @@ class _Export:
         self.current = "load"
         self.keep_float: tuple[str, ...] = ()
         self.arm64: list[str] | None = None  # verify on these emulated arm64 CPU profiles too
+        self.qat: dict | None = None  # int8-static of a quantization-aware trained checkpoint: its ckpt["qat"]
 
     def calibrate(self, calibration_info: dict) -> None:
         """The wire tensor's int8 parameters (static activation scales, where a precision has them,
@@ -205,6 +209,7 @@ class _Export:
             calibration=self.calibration,
             workdir=self.work,
             keep_float=self.keep_float,
+            qat_ranges=None if self.qat is None else self.qat["ranges"],
             metadata={
                 "author": "dtconvert",
                 "version": __version__,
@@ -227,6 +232,14 @@ class _Export:
             entry["inputs"] = inputs or [{"name": INPUT_NAME, "shape": list(example.shape), "dtype": "float32"}]
             entry["outputs"] = outputs or [{"name": OUTPUT_NAME, "shape": self.wire_shape, "dtype": "float32"}]
             entry["quantization"] = details.pop("quantization")
+            if self.qat is not None:
+                learned = getattr(target, "takes_learned_ranges", False)
+                entry["quantization"]["qat"] = {
+                    "ranges": "learned" if learned else "calibrated on the QAT weights",
+                    "activations": len(self.qat["ranges"]) if learned else 0,
+                    "epochs": self.qat["epochs"],
+                    "consistency": self.qat["consistency"],
+                }
             if self.keep_float:
                 entry["keep_float"] = {"patterns": list(self.keep_float), "modules": kept_modules(self.model.encoder, self.keep_float)}
             if "delegation" in details:
@@ -343,6 +356,18 @@ class _Export:
                     f"'dtconvert verify {out} --data DIR' on images you have"
                 ) from None
         return report.summary()
+
+
+def qat_of(ckpt: dict, precision: str, keep_float: tuple[str, ...]) -> dict | None:
+    """A checkpoint's quantization-aware training, where this export uses it (int8-static only)."""
+    qat = ckpt.get("qat")
+    if not qat or precision != qat["scheme"]:
+        return None
+    if keep_float:
+        raise UserError(
+            "--keep-float cannot be combined with a QAT checkpoint's int8-static: its ranges were learned with every layer quantized"
+        )
+    return qat
 
 
 def _wire_and_input(

@@ -19,7 +19,7 @@ from dtconvert.model import Architecture, ModelConfig
 # Class counts of the tasks the bundled digits source can label.
 DIGITS_TASKS = {"digit": 10, "odd": 2, "mod3": 3, "high": 2}
 DATA_SOURCES = ("digits", "imagefolder")
-TUNE_MODES = ("none", "device")
+TUNE_MODES = ("none", "device", "qat")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,7 +51,11 @@ class Recipe(Architecture):
     gradnorm_lr: float = 0.025
     seed: int = 0
     num_workers: int = 0
-    tune: str = "none"  # "device": freeze the cloud trunk, train the device half + new task heads
+    tune: str = "none"  # "device": freeze the cloud trunk, train the device half + new task heads; "qat": the same, int8-static in the loop
+    # quantization-aware device tuning (tune: qat, dtconvert/qat.py): its own short schedule
+    qat_epochs: int = 3  # ~25 % of the digits recipe's training time (benchmarks/qat.py)
+    qat_lr: float = 3e-4
+    qat_consistency: float = 100.0  # weight of ‖wire_int8 − wire_fp32‖² / ‖wire_fp32‖² beside the task losses
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(**self.architecture(), tasks=tuple(zip(self.tasks, self.resolved_task_classes(), strict=True)))

@@ -57,6 +57,9 @@ STATIC_LOGIT = {"min_logit_sqnr_db": None, "max_softmax_kl": None}
 # which is why it is not the default.
 INT8_WIRE = {"wire_max_abs": None, "min_wire_cosine": 0.99, "min_wire_sqnr_db": 44.0}
 STATIC_WIRE = {"wire_max_abs": None, "min_wire_cosine": 0.99, "min_wire_sqnr_db": None}
+# Static int8 of a checkpoint trained for it (dtconvert train --tune qat) is held to a floor: 38 dB,
+# the default int8 floor when issue 23 set this goal (44 dB came later, from dynamic int8's 47.5–56.4).
+QAT_STATIC_WIRE = {"wire_max_abs": None, "min_wire_cosine": 0.99, "min_wire_sqnr_db": 38.0}
 FP32_WIRE = {"wire_max_abs": 1e-4, "min_wire_cosine": None, "min_wire_sqnr_db": None}
 WHOLE = {"max_delegate_partitions": 1, "max_ops_outside_delegate": 0}  # one delegate call, nothing outside
 UNDELEGATED = {"max_delegate_partitions": None, "max_ops_outside_delegate": None}  # no delegate (Core ML, TorchScript)
@@ -69,16 +72,19 @@ DEFAULT_TOLERANCES: dict[str, dict[str, dict[str, float | None]]] = {
         "fp32": {**FP32_WIRE, **END_TO_END, **LOGIT, **WHOLE},
         "int8": {**INT8_WIRE, **END_TO_END, **LOGIT, **WHOLE},
         "int8-static": {**STATIC_WIRE, **END_TO_END, **STATIC_LOGIT, **WHOLE},
+        "int8-static-qat": {**QAT_STATIC_WIRE, **END_TO_END, **STATIC_LOGIT, **WHOLE},
     },
     "tflite": {
         "fp32": {**FP32_WIRE, **END_TO_END, **LOGIT, **WHOLE},
         "int8": {**INT8_WIRE, **END_TO_END, **LOGIT, **WHOLE},
         "int8-static": {**STATIC_WIRE, **END_TO_END, **STATIC_LOGIT, **SPLIT},
+        "int8-static-qat": {**QAT_STATIC_WIRE, **END_TO_END, **STATIC_LOGIT, **SPLIT},
     },
     "coreml": {
         "fp32": {**FP32_WIRE, **END_TO_END, **LOGIT, **UNDELEGATED},
         "int8": {**INT8_WIRE, **END_TO_END, **LOGIT, **UNDELEGATED},
         "int8-static": {**STATIC_WIRE, **END_TO_END, **STATIC_LOGIT, **UNDELEGATED},
+        "int8-static-qat": {**QAT_STATIC_WIRE, **END_TO_END, **STATIC_LOGIT, **UNDELEGATED},
     },
     "torchscript": {p: {**NOT_A_WIRE, **END_TO_END, **LOGIT, **UNDELEGATED} for p in ("fp32", "int8", "int8-static")},
 }
@@ -102,6 +108,12 @@ class Tolerances:
         elif runtime in RUNTIME_OVERRIDES:
             bounds["min_top1_agreement"] = min(bounds["min_top1_agreement"], RUNTIME_OVERRIDES[runtime]["min_top1_agreement"])
         return bounds
+
+
+def bounds_row(entry: dict, precision: str) -> str:
+    """The table row an artifact is held to: its precision, or ``int8-static-qat`` for the static
+    int8 artifact of a quantization-aware trained checkpoint (its manifest entry says so)."""
+    return f"{precision}-qat" if (entry.get("quantization") or {}).get("qat") else precision
 
 
 def tolerance(target: str, precision: str) -> dict[str, float | None]:

@@ -4,6 +4,8 @@
 loads a trained checkpoint, freezes the whole cloud side (input projection, trunk and the
 heads of tasks the checkpoint already serves) and trains only the device encoder and the
 heads of new tasks, so one cloud decoder keeps serving every device variant bit for bit.
+``tune="qat"`` does the same with int8-static's fake quantization in the loop, on the
+recipe's short QAT schedule (:mod:`dtconvert.qat`); it adds no tasks.
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in PyTorch's own
 DistributedDataParallel; GradNorm's task weights are averaged across ranks after each update.
@@ -120,6 +122,8 @@ def train(
     tune = tune or recipe.tune
     if tune != "none" and init is None:
         raise UserError(f"recipe {recipe.name}: tune '{tune}' needs --init CHECKPOINT (the model whose cloud half is kept)")
+    if tune == "qat":
+        recipe = _qat_schedule(recipe)
     cfg = recipe.model_config()
     init_ckpt, init_state = (None, None)
     if init is not None:
@@ -130,19 +134,27 @@ def train(
     rank, world, device = _distributed()
     torch.manual_seed(recipe.seed)
     model = DeviceTuningModel(cfg)
-    new_tasks, shared = _trainable(model, cfg, init_state, tune)
-    frozen_cloud = {k: v.clone() for k, v in model.decoder.state_dict().items()} if tune == "device" else None
+    new_tasks, shared = _trainable(model, cfg, init_state, "device" if tune == "qat" else tune)
+    frozen_cloud = {k: v.clone() for k, v in model.decoder.state_dict().items()} if tune in ("device", "qat") else None
+    net: torch.nn.Module = model
+    start = time.perf_counter()  # QAT's cost includes preparing the quantized graph
+    if tune == "qat":
+        net, shared = _qat_model(recipe, init, new_tasks, world, model, data, split)
     model.to(device)
-    start = time.perf_counter()
-    history = _Loop(recipe, cfg, model, data, split["train"][rank::world], split["heldout"], device, world, rank).run(
+    history = _Loop(recipe, cfg, net, data, split["train"][rank::world], split["heldout"], device, world, rank).run(
         shared, console, show_progress
     )
     train_seconds = time.perf_counter() - start
     model.cpu().eval()
     if frozen_cloud is not None:
         _check_cloud_unmoved(model, frozen_cloud, new_tasks)
+    qat_record = None
+    if tune == "qat":
+        assert init_ckpt is not None
+        qat_record = _finish_qat(net, model, recipe, init_ckpt, train_seconds, history, data, split)
+        history[-1]["heldout_fp32"] = qat_record["heldout"]["fp32"]
 
-    checkpoint = {
+    checkpoint: dict[str, Any] = {
         "dtconvert_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "model_config": cfg.to_dict(),
@@ -162,12 +174,49 @@ def train(
         "recipe": recipe.to_dict(),
         "init": None if init is None else {"sha256": sha256_file(init), "tune": tune, "new_tasks": new_tasks},
     }
+    if qat_record is not None:
+        checkpoint["qat"] = qat_record
+        checkpoint["metrics"]["heldout"] = qat_record["heldout"]["fp32"]  # the checkpoint's fp32 model, as for every other
     if rank == 0:
         save_checkpoint(Path(out_dir) / "ckpt.pt", checkpoint)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
     return checkpoint
+
+
+def _qat_schedule(recipe: Recipe) -> Recipe:
+    """QAT trains on the recipe's short schedule: its own epochs and learning rate, no warm-up."""
+    import dataclasses
+
+    # gradnorm_alpha 0: every task starts at its optimum, which GradNorm's rate term misreads (see digits-tune.yaml).
+    return dataclasses.replace(recipe, epochs=recipe.qat_epochs, lr=recipe.qat_lr, warmup_epochs=0, wire_noise=0.0, gradnorm_alpha=0.0)
+
+
+def _qat_model(recipe: Recipe, init, new_tasks: list[str], world: int, model, data, split) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The encoder prepared for int8-static with fake quantization, ranges from the training images."""
+    from dtconvert.qat import QATModel, calibration_batch
+
+    if new_tasks:
+        raise UserError(
+            f"--tune qat keeps the tasks of {init}; recipe {recipe.name} adds {', '.join(new_tasks)} (tune with --tune device first)"
+        )
+    if world > 1:
+        raise UserError("--tune qat runs in one process; run it without torchrun")
+    images = normalize(data.images01(split["train"]), recipe.mean, recipe.std).numpy()
+    qat = QATModel(model, calibration_batch(images), recipe.qat_consistency)
+    return qat, qat.shared_weight(model.cfg)
+
+
+def _finish_qat(net, model, recipe: Recipe, parent: dict, train_seconds: float, history: list[dict], data, split) -> dict:
+    """The trained float weights into the model; what the checkpoint records about its QAT."""
+    net.write_back(model)
+    heldout_images = normalize(data.images01(split["heldout"]), recipe.mean, recipe.std)
+    simulated = evaluate(net, data, split["heldout"], recipe.mean, recipe.std, torch.device("cpu"))  # with the final ranges
+    record = net.record(recipe, parent, train_seconds, {n: round(a, 4) for n, a in simulated.items()}, heldout_images)
+    fp32 = evaluate(model, data, split["heldout"], recipe.mean, recipe.std, torch.device("cpu"))
+    record["heldout"]["fp32"] = {n: round(a, 4) for n, a in fp32.items()}
+    return record
 
 
 def _split(recipe: Recipe, data, init_ckpt: dict | None, init) -> dict:
@@ -296,6 +345,8 @@ class _Loop:
             logits = self.net(x, wire_noise=recipe.wire_noise)
             losses = torch.stack([F.cross_entropy(logits[name], labels[:, t]) for t, name in enumerate(cfg.task_names)])
             total = self.gradnorm.step(losses, shared)
+            if hasattr(self.model, "regularizer"):  # QAT's consistency term (dtconvert/qat.py)
+                total = total + self.model.regularizer()
             if self.world > 1:
                 with torch.no_grad():
                     dist.all_reduce(self.gradnorm.weights.data, op=dist.ReduceOp.AVG)

@@ -22,7 +22,7 @@ PACKAGE = ROOT / "dtconvert"
 FLOORS = {
     0: ["dtconvert", "errors", "metrics", "gate", "gradnorm", "wire", "output", "model", "mil_reference", "rewrite"],
     1: ["recipe", "checkpoint", "data", "manifest", "tolerances", "describe", "evaluation", "quantize"],
-    2: ["targets", "train"],
+    2: ["targets", "train", "qat"],
     3: ["export", "verify", "cloud", "batching", "triton", "client", "bench", "sweep"],
     4: ["serve", "report", "demo", "auto"],
     5: ["cli"],

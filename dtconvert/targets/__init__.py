@@ -103,6 +103,7 @@ class ExportJob:
     workdir: Path = Path(".")  # scratch space for intermediate files
     metadata: dict = field(default_factory=dict)  # description, version, tasks, wire spec
     keep_float: tuple[str, ...] = ()  # --keep-float: module names or globs of the encoder that stay float
+    qat_ranges: dict | None = None  # int8-static of a QAT checkpoint: the activation ranges it learned (dtconvert/qat.py)
 
 
 Run = Callable[[np.ndarray], np.ndarray]

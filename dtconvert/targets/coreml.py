@@ -82,15 +82,23 @@ def mil_op_precisions(path: Path) -> dict[str, dict[str, int]]:
 
 
 def converted_program(
-    encoder: torch.nn.Module, example: torch.Tensor, calibration: np.ndarray, precision: str, keep_float: tuple[str, ...] = ()
+    encoder: torch.nn.Module,
+    example: torch.Tensor,
+    calibration: np.ndarray,
+    precision: str,
+    keep_float: tuple[str, ...] = (),
+    ranges: dict | None = None,
 ) -> torch.export.ExportedProgram:
     """The torch.export program that coremltools converts for ``precision``: the fp32 encoder, or
-    for ``int8-static`` the static pt2e program (the ``keep_float`` modules left float)."""
+    for ``int8-static`` the static pt2e program (the ``keep_float`` modules left float), with a QAT
+    checkpoint's learned activation ranges where given. (Core ML keeps ``nn.LayerNorm``:
+    coremltools' linear-bias fusion fails on LayerNorm's linear form; the quantizers are the same,
+    one for one, :func:`~dtconvert.quantize.load_ranges` checks.)"""
     module = encoder
     if precision == "int8-static":
         from dtconvert.quantize import pt2e_quantize
 
-        module = pt2e_quantize(encoder, example, calibration, dynamic=False, keep_float=keep_float)
+        module = pt2e_quantize(encoder, example, calibration, dynamic=False, keep_float=keep_float, ranges=ranges)
     return torch.export.export(module, (example,)).run_decompositions({})
 
 
@@ -128,11 +136,12 @@ class CoreMLTarget:
     name = "coreml"
     extension = "mlpackage"
     schemes = SCHEMES
+    takes_learned_ranges = True  # converts the same QAT-prepared pt2e program as ExecuTorch
 
     def export(self, job: ExportJob, path: Path) -> dict:
         import coremltools as ct
 
-        program = converted_program(job.encoder, job.example, job.calibration, job.precision, job.keep_float)
+        program = converted_program(job.encoder, job.example, job.calibration, job.precision, job.keep_float, job.qat_ranges)
         # fp32 keeps float32 compute; the int8 schemes compute their float parts in fp16, Core ML's default.
         precision = ct.precision.FLOAT32 if job.precision == "fp32" else ct.precision.FLOAT16
         try:

@@ -83,11 +83,13 @@ def prepare(
     precision: str,
     any_batch: bool = False,
     keep_float: tuple[str, ...] = (),
+    ranges: dict | None = None,
 ) -> torch.nn.Module:
     """The module ExecuTorch lowers for ``precision``: the encoder with LayerNorms in linear form,
     quantized by the precision's scheme. LayerNorm stays float; so do, for the default int8,
     the layers with fewer than WEIGHT_THRESHOLD weights (int8-static is full-integer), and the
-    modules ``keep_float`` names."""
+    modules ``keep_float`` names. ``ranges``: a QAT checkpoint's learned activation ranges,
+    used instead of calibrating."""
     from dtconvert.quantize import pt2e_quantize
     from dtconvert.rewrite import LinearLayerNorm, with_linear_layer_norms
 
@@ -103,6 +105,7 @@ def prepare(
         float_modules=(LinearLayerNorm,),
         keep_float=(*sorted(small_weight_layers(swapped) if dynamic else ()), *keep_float),
         any_batch=any_batch,
+        ranges=ranges,
     )
 
 
@@ -173,9 +176,10 @@ class ExecuTorchTarget:
     name = "executorch"
     extension = "pte"
     schemes = SCHEMES
+    takes_learned_ranges = True  # the QAT-prepared pt2e graph, converted with the checkpoint's ranges
 
     def export(self, job: ExportJob, path: Path) -> dict:
-        module = prepare(job.encoder, job.example, job.calibration, job.precision, keep_float=job.keep_float)
+        module = prepare(job.encoder, job.example, job.calibration, job.precision, keep_float=job.keep_float, ranges=job.qat_ranges)
         edge = lower(module, job.example)
         graph = edge.exported_program().graph_module
         outside = outside_delegate(graph)

@@ -30,7 +30,7 @@ from dtconvert.errors import UserError, unloadable
 from dtconvert.evaluation import verification_data
 from dtconvert.manifest import load_manifest
 from dtconvert.targets import RUNTIMES, Run, UnsupportedByRuntime, load_target, looped
-from dtconvert.tolerances import load_tolerances
+from dtconvert.tolerances import bounds_row, load_tolerances
 from dtconvert.verify.arm64 import Arm64Checks
 from dtconvert.verify.checks import check_integrity, check_kept_float, check_preprocessing, check_structure, check_wire
 from dtconvert.verify.end_to_end import EndToEnd
@@ -164,7 +164,7 @@ class _Verification:
         """Structure, then every runtime this host has; yields each runtime once checked."""
         name, target, report = entry["path"], entry["target"], self.report
         try:
-            check_structure(report, self.export_dir, entry, self.tolerances.get(target, self.precision))
+            check_structure(report, self.export_dir, entry, self.tolerances.get(target, bounds_row(entry, self.precision)))
             check_kept_float(report, self.export_dir, entry, self.reference_state)
             runners = device_runners(self.export_dir, entry)
         except UnsupportedByRuntime as e:
@@ -187,7 +187,7 @@ class _Verification:
         """Run every image through ``run`` and check the wire and the end-to-end results; the wire, or
         None when it could not be had. ``key``: the runtime whose bounds apply; ``runtime``: its label here."""
         name, report = entry["path"], self.report
-        bounds = self.tolerances.get(entry["target"], self.precision, key)
+        bounds = self.tolerances.get(entry["target"], bounds_row(entry, self.precision), key)
         try:
             wire = run(self.evaluation.images)
         except Exception as e:  # noqa: BLE001  whatever the runtime raises while running is a reported failed check

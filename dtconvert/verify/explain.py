@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from dtconvert.metrics import sqnr_db
-from dtconvert.tolerances import INT8_WIRE
+from dtconvert.tolerances import INT8_WIRE, bounds_row
 
 WIRE = "wire"
 EXPLAIN_IMAGES = 128  # enough for a stable SQNR per point; the numpy MIL interpreter is slow
@@ -73,6 +73,7 @@ class Explanation:
     points: list[Point]
     views: list[View]
     images: int
+    qat: bool = False  # the device artifacts carry a QAT checkpoint's learned ranges (no --keep-float for them)
 
     def culprit(self) -> Point | None:
         """The point named first below the floor by most views (ties: the earliest point)."""
@@ -89,6 +90,11 @@ class Explanation:
             return "no point of the device encoder is below the floor on any runtime this host can look into"
         if point.name == WIRE:
             return "the int8 wire itself loses it: its one scale cannot hold these values (check the calibration images)"
+        if self.qat:
+            return (
+                f"first below the floor: {point.name} ({point.kind}); the ranges were learned with every layer quantized, so "
+                "--keep-float does not apply: train again with a larger qat_consistency or qat_epochs, or export --precision int8"
+            )
         return (
             f"first below the floor: {point.name} ({point.kind}); try: dtconvert export CHECKPOINT --keep-float {point.name}, "
             "or --precision auto"
@@ -216,7 +222,9 @@ def explain_export(export_dir: Path, manifest: dict, images: np.ndarray, toleran
     for entry in (e for e in manifest["artifacts"] if e["part"] == "device"):
         name, target, path = entry["path"], load_target(entry["target"]), export_dir / entry["path"]
         keep = tuple((entry.get("keep_float") or {}).get("patterns") or ())
-        floor = float(tolerances.get(entry["target"], precision)["min_wire_sqnr_db"] or INT8_WIRE["min_wire_sqnr_db"] or 0.0)
+        floor = float(
+            tolerances.get(entry["target"], bounds_row(entry, precision))["min_wire_sqnr_db"] or INT8_WIRE["min_wire_sqnr_db"] or 0.0
+        )
         floor -= POINT_MARGIN_DB
         with torch.no_grad():
             program = getattr(target, "program_points", lambda *a: None)(encoder, images, names, precision, keep)
@@ -241,4 +249,5 @@ def explain_export(export_dir: Path, manifest: dict, images: np.ndarray, toleran
             got.setdefault(names[-1], got[WIRE])  # the last point is the encoder's output
             views.append(View(name, RUNTIMES[runtime], floor, _sqnr(_with_wire(got, got[WIRE], scale, zero_point), want), sees, inside))
             log(f"✓ {RUNTIMES[runtime]} of {name}: {sees.split(':')[0]}")
-    return Explanation(points, views, len(images))
+    qat = any((e.get("quantization") or {}).get("qat") for e in manifest["artifacts"] if e["part"] == "device")
+    return Explanation(points, views, len(images), qat=qat)
