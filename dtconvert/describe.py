@@ -42,6 +42,8 @@ def describe(source: str | Path) -> dict:
             "heldout": len(ckpt["data"]["split"]["heldout"]),
         }
         report["init"] = ckpt.get("init")
+        if ckpt.get("qat"):  # quantization-aware trained: how, without the per-activation ranges
+            report["qat"] = {k: v for k, v in ckpt["qat"].items() if k != "ranges"} | {"activation_ranges": len(ckpt["qat"]["ranges"])}
         return report
     recipe = load_recipe(source)
     cfg = recipe.model_config()

@@ -91,6 +91,9 @@ def test_qat_keeps_the_cloud_and_records_what_it_learned(quick_ckpt, qat_ckpt):
     assert len(qat["ranges"]) > 40 and all(r["min"] < r["max"] for r in qat["ranges"].values())
     assert set(qat["heldout"]) == {"int8_static_simulated", "fp32", "wire_sqnr_db"} and qat["heldout"]["wire_sqnr_db"] > 20
     assert child["metrics"]["heldout"] == qat["heldout"]["fp32"]
+    from dtconvert.describe import describe
+
+    assert describe(qat_ckpt)["qat"]["activation_ranges"] == len(qat["ranges"]) and "qat" not in describe(quick_ckpt)
     assert qat["cost_vs_parent"] == pytest.approx(qat["train_seconds"] / parent["metrics"]["train_seconds"], rel=1e-2)
     # twin: the digest sees one moved cloud weight
     moved = dict(parent["state_dict"])
