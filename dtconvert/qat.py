@@ -12,7 +12,8 @@ and the checkpoint's fp32 model is what ``verify`` holds every artifact to.
 Activation ranges start as min/max over one large batch of training images (image-by-image
 moving averages gave 19.6 dB) and are then learned with the weights (LSQ: each activation's scale
 and zero point are trainable, torchao's ``LearnableFakeQuantize``; measured on digits, +1 dB over
-min/max ranges re-taken every epoch, and above the histogram calibration export does otherwise).
+min/max ranges re-taken every epoch, though no better than the histogram calibration export does
+without them: benchmarks/qat.py).
 They are stored in the checkpoint (``qat.ranges``) so that export quantizes with exactly them.
 """
 
@@ -46,10 +47,13 @@ def cloud_sha256(state_dict: dict) -> str:
 def check_cloud_kept(ckpt: dict, path) -> None:
     """A quantization-aware trained checkpoint must still carry the cloud it was tuned against."""
     qat = ckpt.get("qat")
-    if qat and cloud_sha256(ckpt["state_dict"]) != qat["cloud_sha256"]:
+    if not qat:
+        return
+    found = cloud_sha256(ckpt["state_dict"])
+    if found != qat["cloud_sha256"]:
         raise UserError(
             f"{path}: its cloud decoder is not the one it was quantization-aware trained against "
-            f"(weights sha256 {cloud_sha256(ckpt['state_dict'])[:12]}…, recorded {qat['cloud_sha256'][:12]}…); "
+            f"(weights sha256 {found[:12]}…, recorded {qat['cloud_sha256'][:12]}…); "
             "a QAT checkpoint keeps its parent's cloud bit for bit"
         )
 

@@ -136,17 +136,17 @@ def activation_quantizers(prepared: torch.fx.GraphModule) -> dict[str, tuple[Any
 
 
 def learned_ranges(prepared: torch.fx.GraphModule) -> dict[str, dict]:
-    """Each activation quantizer's range as trained: {name: {"observes", "min", "max"}}. A learned
+    """Each learned activation quantizer's range: {name: {"observes", "min", "max"}}. The learned
     scale and zero point are written as the range whose min/max observer gives exactly them back:
     [(qmin − zp)·scale, (qmax − zp)·scale]."""
     ranges = {}
     for name, (module, observes) in activation_quantizers(prepared).items():
-        if getattr(module, "learning_enabled", None) is not None:
-            scale, zero_point = (float(v) for v in module.calculate_qparams())
-            low, high = (module.quant_min - zero_point) * scale, (module.quant_max - zero_point) * scale
-        else:
-            low, high = float(module.activation_post_process.min_val), float(module.activation_post_process.max_val)
-        ranges[name] = {"observes": observes, "min": low, "max": high}
+        scale, zero_point = (float(v) for v in module.calculate_qparams())
+        ranges[name] = {
+            "observes": observes,
+            "min": (module.quant_min - zero_point) * scale,
+            "max": (module.quant_max - zero_point) * scale,
+        }
     return ranges
 
 

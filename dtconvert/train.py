@@ -151,7 +151,7 @@ def train(
     qat_record = None
     if tune == "qat":
         assert init_ckpt is not None
-        qat_record = _finish_qat(net, model, recipe, init_ckpt, train_seconds, history, data, split)
+        qat_record = _finish_qat(net, model, recipe, init_ckpt, train_seconds, data, split)
         history[-1]["heldout_fp32"] = qat_record["heldout"]["fp32"]
 
     checkpoint: dict[str, Any] = {
@@ -208,7 +208,7 @@ def _qat_model(recipe: Recipe, init, new_tasks: list[str], world: int, model, da
     return qat, qat.shared_weight(model.cfg)
 
 
-def _finish_qat(net, model, recipe: Recipe, parent: dict, train_seconds: float, history: list[dict], data, split) -> dict:
+def _finish_qat(net, model, recipe: Recipe, parent: dict, train_seconds: float, data, split) -> dict:
     """The trained float weights into the model; what the checkpoint records about its QAT."""
     net.write_back(model)
     heldout_images = normalize(data.images01(split["heldout"]), recipe.mean, recipe.std)
